@@ -1,0 +1,5 @@
+import sys
+
+from robustad.cli import main
+
+sys.exit(main())

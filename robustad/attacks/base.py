@@ -1,0 +1,152 @@
+"""What every attack shares: the anomaly-score objective, the projection onto the
+threat model and the best-point bookkeeping (THREAT_MODEL.md).
+
+The attacker solves, per sample, ``max d·s(x+δ)`` with ``d = +1`` for normal and
+``-1`` for anomalous samples, ``‖δ‖_p ≤ ε`` and ``0 ≤ x+δ ≤ 1``. Every attack
+returns the best point it found *including the clean input*, so an attacked
+AUROC can never exceed the clean one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from robustad.threat import ThreatModel
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+def direction(y: Tensor) -> Tensor:
+    """``d = +1`` for normal (y=0), ``-1`` for anomalous (y=1); shape (N,)."""
+    return 1.0 - 2.0 * y.float()
+
+
+def objective(scores: Tensor, y: Tensor) -> Tensor:
+    """Per-sample attacker objective ``d·s``; shape (N,)."""
+    return direction(y).to(scores.dtype) * scores
+
+
+def _per_sample_norm(v: Tensor, p: float | str) -> Tensor:
+    flat = v.flatten(1)
+    if p == "inf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def project(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
+    """Project ``x_adv`` onto the ε-ball around ``x`` and then into the [0,1] box."""
+    delta = x_adv - x
+    if threat.norm == "Linf":
+        delta = delta.clamp(-threat.eps, threat.eps)
+    else:
+        norms = _per_sample_norm(delta, 2)
+        factor = torch.clamp(threat.eps / (norms + 1e-12), max=1.0)
+        delta = delta * _view(factor, delta)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_start(x: Tensor, threat: ThreatModel, generator: torch.Generator | None) -> Tensor:
+    """A uniform random point of the ε-ball around x, clipped to the box."""
+    if threat.norm == "Linf":
+        u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+        delta = (2 * u - 1) * threat.eps
+    else:
+        # Uniform in the L2 ball: Gaussian direction, radius ε·U^(1/n).
+        g = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+        g = g / _view(_per_sample_norm(g, 2) + 1e-12, g)
+        n = x[0].numel()
+        r = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) ** (1.0 / n)
+        delta = g * _view(r * threat.eps, g)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def ascent_direction(grad: Tensor, norm: str) -> Tensor:
+    """Steepest-ascent unit step for the norm: sign for L∞, normalised gradient for L2."""
+    if norm == "Linf":
+        return grad.sign()
+    return grad / _view(_per_sample_norm(grad, 2) + 1e-12, grad)
+
+
+def objective_and_grad(score_fn: ScoreFn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``d·s(x)`` (N,) and its gradient w.r.t. x, gradients to the input only."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        obj = objective(score_fn(x), y)
+        (grad,) = torch.autograd.grad(obj.sum(), x)
+    return obj.detach(), grad.detach()
+
+
+class BestPoint:
+    """Keeps, per sample, the highest-objective point seen so far (clean included)."""
+
+    def __init__(self, x: Tensor, clean_objective: Tensor):
+        self.x = x.detach().clone()
+        self.value = clean_objective.detach().clone()
+
+    def update(self, x_candidate: Tensor, value: Tensor) -> None:
+        better = value > self.value
+        if better.any():
+            self.x[better] = x_candidate.detach()[better]
+            self.value = torch.where(better, value.detach(), self.value)
+
+
+class Attack:
+    """Base class: subclasses implement ``_run`` and only what is particular to them.
+
+    ``perturb(detector, x, y, threat)`` takes images (N,C,H,W) in [0,1] and labels
+    (N,) in {0,1}; returns adversarial images of the same shape, each the best
+    point found for its sample (the clean input if nothing beat it). After a call,
+    ``self.stats`` holds diagnostics such as the fraction of zero input gradients.
+    """
+
+    #: whether the attack needs gradients of the score
+    white_box: bool = True
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.stats: dict[str, float] = {}
+
+    def score_fn(self, detector) -> ScoreFn:
+        return detector.score
+
+    def perturb(self, detector, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
+        was_training = detector.training
+        detector.eval()
+        try:
+            x = x.detach()
+            y = y.to(x.device)
+            score_fn = self.score_fn(detector)
+            with torch.no_grad():
+                clean = objective(score_fn(x), y)
+            best = BestPoint(x, clean)
+            generator = torch.Generator().manual_seed(self.seed)
+            self.stats = {}
+            self._run(detector, score_fn, x, y, threat, best, generator)
+            return best.x
+        finally:
+            detector.train(was_training)
+
+    def _run(
+        self,
+        detector,
+        score_fn: ScoreFn,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        best: BestPoint,
+        generator: torch.Generator,
+    ) -> None:
+        raise NotImplementedError
+
+    def _record_zero_grad(self, grad: Tensor) -> None:
+        """Fraction of samples whose first input gradient is exactly zero (a masking sign)."""
+        if "zero_grad_frac" not in self.stats:
+            zero = (grad.flatten(1).abs().amax(dim=1) == 0).float().mean().item()
+            self.stats["zero_grad_frac"] = zero

@@ -1,0 +1,19 @@
+"""``fgsm``: one steepest-ascent step of size ε (Goodfellow et al., 2015)."""
+
+import torch
+
+from robustad.attacks.base import Attack, ascent_direction, objective, objective_and_grad, project
+from robustad.registry import register_attack
+
+
+@register_attack("fgsm", white_box=True, description="one signed-gradient step of size ε")
+class FGSM(Attack):
+    def __init__(self, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
+        _, grad = objective_and_grad(score_fn, x, y)
+        self._record_zero_grad(grad)
+        x_adv = project(x + threat.eps * ascent_direction(grad, threat.norm), x, threat)
+        with torch.no_grad():
+            best.update(x_adv, objective(score_fn(x_adv), y))

@@ -1,0 +1,1 @@
+"""Runner, store, metrics, leaderboards and plots."""

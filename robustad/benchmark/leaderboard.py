@@ -1,0 +1,220 @@
+"""Leaderboards as pure functions of the store (RobustBench style: results are data).
+
+One row per method; per dataset the columns are clean AUROC, one column per
+(attack, threat) and the per-sample worst case over all attacks run on the same
+model. Values are AUROC in %, the mean over normal classes (± the standard
+deviation over seeds when there are several).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from robustad.benchmark.metrics import auroc, one_sided_scores
+from robustad.benchmark.store import Store
+from robustad.threat import format_eps
+
+CONSTANT_DETECTOR_AUROC = 50.0
+WORST = "worst case"
+
+
+@dataclass
+class Table:
+    """A leaderboard: ``cells[(method, dataset, column)] = (mean, std or None)``."""
+
+    methods: list[str]
+    columns: list[tuple[str, str]]  # (dataset, column label)
+    cells: dict[tuple[str, str, str], tuple[float, float | None]] = field(default_factory=dict)
+    mode: str = "both"
+    notes: list[str] = field(default_factory=list)
+
+    def best(self, dataset: str, column: str) -> float | None:
+        vals = [self.cells[(m, dataset, column)][0] for m in self.methods
+                if (m, dataset, column) in self.cells]  # fmt: skip
+        return max(vals) if vals else None
+
+
+def _column_label(attack: str, norm: str, eps: float, multi_threat: bool) -> str:
+    return f"{attack} {norm} {format_eps(eps)}" if multi_threat else attack
+
+
+def _mean_over_classes_then_seeds(per_run: dict[tuple[int, int], float]) -> tuple[float, float | None]:
+    """per_run[(class, seed)] = AUROC → (mean over classes averaged over seeds, std over seeds)."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for (_, seed), v in per_run.items():
+        by_seed[seed].append(v)
+    seed_means = [float(np.mean(v)) for v in by_seed.values()]
+    std = float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None
+    return float(np.mean(seed_means)), std
+
+
+def build_table(store: Store, mode: str = "both") -> Table:
+    """Compute the leaderboard from stored per-sample scores (``mode``: who is attacked)."""
+    fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
+    evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
+
+    threats_per_dataset: dict[str, set] = defaultdict(set)
+    for r in evals:
+        threats_per_dataset[r["dataset"]].add((r["norm"], round(r["eps"], 10)))
+
+    # values[(method, dataset, column)][(class, seed)] = AUROC %
+    values: dict[tuple[str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
+    attack_columns: dict[str, list[str]] = defaultdict(list)
+    worst: dict[tuple[str, str, str], np.ndarray] = {}  # (fit_id, norm, eps) → best objective
+    worst_adv: dict[tuple[str, str, str], np.ndarray] = {}
+    for fit in fits.values():
+        key = (fit["method"], fit["dataset"], "clean")
+        values[key][(fit["normal_class"], fit["seed"])] = 100 * fit["metrics"]["clean_auroc"]
+    for r in evals:
+        multi = len(threats_per_dataset[r["dataset"]]) > 1
+        col = _column_label(r["attack"], r["norm"], r["eps"], multi)
+        if col not in attack_columns[r["dataset"]]:
+            attack_columns[r["dataset"]].append(col)
+        s = store.samples(r["job_id"])
+        labels, clean, adv = s["labels"], s["clean"], s["adv"]
+        attacked = one_sided_scores(clean, adv, labels, mode)
+        values[(r["method"], r["dataset"], col)][(r["normal_class"], r["seed"])] = 100 * auroc(
+            attacked, labels
+        )
+        # Per-sample worst case over attacks of one model and threat: keep the score
+        # with the highest attacker objective d·s.
+        wkey = (r["fit_id"], r["norm"], round(r["eps"], 10))
+        obj = np.where(labels == 0, attacked, -attacked)
+        if wkey not in worst:
+            worst[wkey], worst_adv[wkey] = obj, attacked
+        else:
+            better = obj > worst[wkey]
+            worst[wkey] = np.where(better, obj, worst[wkey])
+            worst_adv[wkey] = np.where(better, attacked, worst_adv[wkey])
+    for (fit_id, norm, eps), adv in worst_adv.items():
+        fit = fits[fit_id]
+        if sum(1 for r in evals if r["fit_id"] == fit_id) < 2:
+            continue  # a worst case over one attack repeats its column
+        multi = len(threats_per_dataset[fit["dataset"]]) > 1
+        col = f"{WORST} {norm} {format_eps(eps)}" if multi else WORST
+        labels = store.samples(fit_id)["labels"]
+        values[(fit["method"], fit["dataset"], col)][(fit["normal_class"], fit["seed"])] = 100 * auroc(
+            adv, labels
+        )
+        if col not in attack_columns[fit["dataset"]]:
+            attack_columns[fit["dataset"]].append(col)
+
+    methods = sorted({f["method"] for f in fits.values()})
+    datasets = sorted({f["dataset"] for f in fits.values()})
+    columns = []
+    for d in datasets:
+        columns.append((d, "clean"))
+        cols = sorted(attack_columns[d], key=lambda c: (c.startswith(WORST), c))
+        columns += [(d, c) for c in cols]
+    table = Table(methods=methods, columns=columns, mode=mode)
+    for key, per_run in values.items():
+        table.cells[key] = _mean_over_classes_then_seeds(per_run)
+    n_classes = {d: len({f["normal_class"] for f in fits.values() if f["dataset"] == d})
+                 for d in datasets}  # fmt: skip
+    for d in datasets:
+        threats = ", ".join(f"{n} ε={format_eps(e)}" for n, e in sorted(threats_per_dataset[d]))
+        table.notes.append(f"{d}: mean over {n_classes[d]} normal class(es); {threats or 'no attacks'}")
+    table.notes.append(
+        f"AUROC in %, attack mode '{mode}'; a constant detector scores "
+        f"{CONSTANT_DETECTOR_AUROC:.1f} under any attack."
+    )
+    return table
+
+
+def _fmt(cell: tuple[float, float | None] | None) -> str:
+    if cell is None:
+        return "–"
+    mean, std = cell
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["method"]
+    for d, c in table.columns:
+        header += [f"{d}:{c}", f"{d}:{c}:std"]
+    w.writerow(header)
+    for m in table.methods:
+        row: list[str] = [m]
+        for d, c in table.columns:
+            cell = table.cells.get((m, d, c))
+            row += ["" if cell is None else f"{cell[0]:.2f}",
+                    "" if cell is None or cell[1] is None else f"{cell[1]:.2f}"]  # fmt: skip
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def to_markdown(table: Table) -> str:
+    header = "| method | " + " | ".join(f"{d} {c}" for d, c in table.columns) + " |"
+    sep = "|---|" + "---:|" * len(table.columns)
+    lines = [header, sep]
+    for m in table.methods:
+        cells = []
+        for d, c in table.columns:
+            text = _fmt(table.cells.get((m, d, c)))
+            if table.cells.get((m, d, c)) and table.cells[(m, d, c)][0] == table.best(d, c):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("ε", r"$\epsilon$")
+
+
+def to_latex(table: Table) -> str:
+    datasets = list(dict.fromkeys(d for d, _ in table.columns))
+    spec = "l" + "r" * len(table.columns)
+    lines = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
+    groups, rules, start = [], [], 2
+    for d in datasets:
+        n = sum(1 for dd, _ in table.columns if dd == d)
+        groups.append(rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(d)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" & " + " & ".join(groups) + r" \\")
+    lines.append(" ".join(rules))
+    lines.append("method & " + " & ".join(_tex_escape(c) for _, c in table.columns) + r" \\")
+    lines.append(r"\midrule")
+    for m in table.methods:
+        cells = []
+        for d, c in table.columns:
+            cell = table.cells.get((m, d, c))
+            text = _fmt(cell).replace("±", r"$\pm$").replace("–", "--")
+            if cell is not None and cell[0] == table.best(d, c):
+                text = rf"\textbf{{{text}}}"
+            cells.append(text)
+        lines.append(_tex_escape(m) + " & " + " & ".join(cells) + r" \\")
+    lines.append(r"\midrule")
+    lines.append(
+        "constant detector & " + " & ".join(f"{CONSTANT_DETECTOR_AUROC:.1f}" for _ in table.columns) + r" \\"
+    )
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+FORMATS = {"csv": to_csv, "md": to_markdown, "latex": to_latex}
+EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex"}
+
+
+def write_leaderboards(
+    store: Store, out: str | Path, formats=("csv", "md", "latex"), mode: str = "both"
+) -> dict[str, Path]:
+    """Write ``leaderboard.<ext>`` for each format into ``out``; returns the paths."""
+    table = build_table(store, mode)
+    paths = {}
+    for fmt in formats:
+        path = Path(out) / f"leaderboard.{EXTENSIONS[fmt]}"
+        path.write_text(FORMATS[fmt](table))
+        paths[fmt] = path
+    return paths

@@ -1,0 +1,490 @@
+"""The run: expand the grid into fit and eval jobs, skip what the store has, do the rest.
+
+fit job  = (method, params, dataset, normal class, seed): train, save the checkpoint
+           under ``<out>/checkpoints/<job_id>.pt``, score the clean test set.
+eval job = (fit job, attack, attack params, norm, ε): load the checkpoint, attack the
+           test set, store per-sample clean and adversarial scores and metrics.
+
+Job ids are hashes of everything that affects the result, so adding an attack
+never retrains and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustad.attacks.base import objective
+from robustad.benchmark.metrics import attack_metrics, score_metrics
+from robustad.benchmark.store import Store
+from robustad.datasets import OneClassData, load_dataset
+from robustad.errors import UserError
+from robustad.methods.base import Detector, RunContext, load_detector_state, save_detector
+from robustad.registry import ATTACKS, DATASETS, METHODS
+from robustad.threat import ThreatModel, default_eps
+
+# Bump when a change to training code must invalidate cached checkpoints.
+FIT_VERSION = 1
+ZERO_GRAD_THRESHOLD = 0.10  # THREAT_MODEL.md: flag when >10% of samples had zero gradient
+
+
+# -- reproducibility and provenance ----------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    import sklearn
+
+    from robustad import __version__
+
+    return {
+        "robustad": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+    }
+
+
+@lru_cache(maxsize=1)
+def git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def _hash(spec: dict[str, Any]) -> str:
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def full_params(registry, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Constructor defaults with the overrides applied (so a changed default changes the hash)."""
+    import inspect
+
+    defaults = {k: v for k, v in registry.get(name).parameters().items() if v is not inspect.Parameter.empty}
+    return {**defaults, **overrides}
+
+
+# -- job specs ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitJob:
+    method: str
+    params: dict
+    dataset: str
+    normal_class: int
+    seed: int
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "fit",
+            "method": self.method,
+            "params": self.params,
+            "dataset": self.dataset,
+            "normal_class": self.normal_class,
+            "seed": self.seed,
+            "fit_version": FIT_VERSION,
+        }
+
+    @property
+    def job_id(self) -> str:
+        return "fit-" + _hash(self.spec)
+
+    def describe(self) -> str:
+        return f"fit {self.method} on {self.dataset} class {self.normal_class} seed {self.seed}"
+
+    def __hash__(self) -> int:
+        return hash(self.job_id)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    fit: FitJob
+    attack: str
+    params: dict
+    threat: ThreatModel
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "eval",
+            "fit_id": self.fit.job_id,
+            "attack": self.attack,
+            "params": self.params,
+            "norm": self.threat.norm,
+            "eps": round(self.threat.eps, 12),
+        }
+
+    @property
+    def job_id(self) -> str:
+        return "eval-" + _hash(self.spec)
+
+    def describe(self) -> str:
+        return (
+            f"{self.attack} ({self.threat.label()}) on {self.fit.method} / {self.fit.dataset} "
+            f"class {self.fit.normal_class} seed {self.fit.seed}"
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.job_id)
+
+
+@dataclass
+class Grid:
+    fits: list[FitJob] = field(default_factory=list)
+    evals: dict[FitJob, list[EvalJob]] = field(default_factory=dict)
+
+    @property
+    def n_jobs(self) -> int:
+        return len(self.fits) + sum(len(v) for v in self.evals.values())
+
+
+def dataset_classes(dataset: str, classes: Any) -> list[int]:
+    n = DATASETS.get(dataset).metadata.get("num_classes", 1)
+    return list(range(n)) if classes == "all" else list(classes)
+
+
+def dataset_eps(cfg: dict[str, Any], dataset: str) -> list[float]:
+    if cfg["eps"] != "auto":
+        return list(cfg["eps"])
+    return [default_eps(cfg["norm"], int(DATASETS.get(dataset).metadata.get("native_size", 32)))]
+
+
+def expand_grid(cfg: dict[str, Any]) -> Grid:
+    """method × dataset × normal class × seed fit jobs, each with attack × ε eval jobs."""
+    grid = Grid()
+    for method in cfg["methods"]:
+        mparams = full_params(METHODS, method, cfg["method_params"].get(method, {}))
+        for dataset in cfg["datasets"]:
+            for c in dataset_classes(dataset, cfg["classes"]):
+                for seed in cfg["seeds"]:
+                    fit = FitJob(method, mparams, dataset, int(c), int(seed))
+                    grid.fits.append(fit)
+                    evals = []
+                    for attack in cfg["attacks"]:
+                        aparams = full_params(ATTACKS, attack, cfg["attack_params"].get(attack, {}))
+                        aparams.pop("seed", None)  # the attack seed is the run seed
+                        for eps in dataset_eps(cfg, dataset):
+                            threat = ThreatModel(cfg["norm"], eps, cfg["attack_mode"])
+                            evals.append(EvalJob(fit, attack, aparams, threat))
+                    grid.evals[fit] = evals
+    return grid
+
+
+# -- the work of one job (also used by ``robustad.benchmark()``) ----------------------
+def fit_detector(job: FitJob, data: OneClassData, device: str, progress=None) -> Detector:
+    seed_everything(job.seed)
+    detector = METHODS.create(job.method, **job.params)
+    ctx = RunContext(device=device, seed=job.seed, progress=progress)
+    detector.fit(data, ctx)
+    detector.eval()
+    return detector
+
+
+def attack_test_set(
+    detector: Detector,
+    attack_name: str,
+    attack_params: dict,
+    threat: ThreatModel,
+    data: OneClassData,
+    seed: int,
+    batch_size: int,
+    device: str,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Attack every test sample; returns adversarial scores (N,) and attack diagnostics."""
+    seed_everything(seed)
+    attack = ATTACKS.create(attack_name, **{**attack_params, "seed": seed})
+    detector.eval()
+    adv_scores, zero_grad, n = [], 0.0, 0
+    for i in range(0, len(data.test_x), batch_size):
+        xb = data.test_x[i : i + batch_size].to(device)
+        yb = data.test_y[i : i + batch_size].to(device)
+        x_adv = attack.perturb(detector, xb, yb, threat)
+        _check_budget(x_adv, xb, threat)
+        adv_scores.append(detector.score_batched(x_adv, batch_size))
+        zero_grad += attack.stats.get("zero_grad_frac", 0.0) * len(xb)
+        n += len(xb)
+    info: dict[str, Any] = {}
+    if getattr(attack, "white_box", True):
+        info["zero_grad_frac"] = zero_grad / max(n, 1)
+    return torch.cat(adv_scores).numpy().astype(np.float64), info
+
+
+def _check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> None:
+    """Guard the protocol: an attack that leaves the threat model is a bug, not a result."""
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if threat.norm == "Linf" else delta.norm(dim=1)
+    if (size > threat.eps * (1 + 1e-4) + 1e-6).any() or x_adv.min() < 0 or x_adv.max() > 1:
+        raise RuntimeError(f"attack left the threat model {threat.label()} (max ‖δ‖ {size.max():.4g})")
+
+
+def reliability_flags(info: dict[str, Any]) -> list[str]:
+    flags = []
+    if info.get("zero_grad_frac", 0.0) > ZERO_GRAD_THRESHOLD:
+        flags.append("zero-grad")
+    return flags
+
+
+# -- the driver --------------------------------------------------------------------------
+class Progress:
+    """A tqdm bar over jobs on a terminal; one line per job otherwise (logs, CI)."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        from tqdm.auto import tqdm
+
+        self.interactive = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
+        self.total = total
+        self.done = 0
+        self.bar = tqdm(total=total, desc="jobs", unit="job") if self.interactive else None
+
+    def log(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(msg[:60])
+        elif not self.quiet:
+            print(f"[{self.done}/{self.total}] {msg}", file=sys.stderr, flush=True)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def training(self, desc: str):
+        """A callback for ``RunContext.progress``: an inner bar over epochs."""
+        if self.bar is None:
+            return None
+        from tqdm.auto import tqdm
+
+        state: dict[str, Any] = {}
+
+        def report(step: int, total: int, logs: dict[str, float]) -> None:
+            if "bar" not in state:
+                state["bar"] = tqdm(total=total, desc=desc, unit="epoch", leave=False)
+            state["bar"].update(step - state["bar"].n)
+            state["bar"].set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+            if step >= total:
+                state["bar"].close()
+
+        return report
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _row(job: FitJob | EvalJob, cfg: dict[str, Any], started: float) -> dict[str, Any]:
+    fit = job if isinstance(job, FitJob) else job.fit
+    row = {
+        "job_id": job.job_id,
+        "kind": "fit" if isinstance(job, FitJob) else "eval",
+        "fit_id": None if isinstance(job, FitJob) else fit.job_id,
+        "method": fit.method,
+        "dataset": fit.dataset,
+        "normal_class": fit.normal_class,
+        "seed": fit.seed,
+        "config": {**job.spec, "preset": cfg.get("preset"), "batch_size": cfg["batch_size"]},
+        "started": started,
+        "finished": time.time(),
+        "duration": time.time() - started,
+        "versions": library_versions(),
+        "git_rev": git_revision(),
+    }
+    if isinstance(job, EvalJob):
+        row.update(attack=job.attack, norm=job.threat.norm, eps=job.threat.eps)
+    return row
+
+
+def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[str, int]:
+    """Run every missing job of the configured grid; returns counts of what happened."""
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg["device"])
+    grid = expand_grid(cfg)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    # Fail fast on missing data, before any training: one load per dataset.
+    for dataset in cfg["datasets"]:
+        load_dataset(dataset, dataset_classes(dataset, cfg["classes"])[0],
+                     cfg.get("data_root"), cfg.get("download", False))  # fmt: skip
+
+    with Store(out / "bench.sqlite") as store:
+        progress = Progress(grid.n_jobs, quiet=quiet)
+        try:
+            for fit in grid.fits:
+                _run_fit_and_evals(fit, grid.evals[fit], cfg, store, ckpt_dir, device,
+                                   progress, counts)  # fmt: skip
+        finally:
+            progress.close()
+    return counts
+
+
+def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, counts) -> None:
+    ckpt = ckpt_dir / f"{fit.job_id}.pt"
+    todo = [e for e in evals if not store.is_done(e.job_id)]
+    fit_done = store.is_done(fit.job_id) and ckpt.is_file()
+    if fit_done and not todo:
+        progress.advance(1 + len(evals))
+        counts["skipped"] += 1 + len(evals)
+        return
+    data = load_dataset(fit.dataset, fit.normal_class, cfg.get("data_root"), cfg.get("download"))
+
+    started = time.time()
+    try:
+        if fit_done:
+            detector = METHODS.create(fit.method, **fit.params)
+            load_detector_state(detector, ckpt).to(device)
+            counts["skipped"] += 1
+        else:
+            progress.log(fit.describe())
+            detector = fit_detector(fit, data, device, progress.training(fit.method))
+            tmp = ckpt.with_suffix(".tmp")
+            save_detector(detector, tmp)
+            os.replace(tmp, ckpt)  # atomic: a killed run never leaves half a checkpoint
+            clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)
+            row = _row(fit, cfg, started)
+            row.update(
+                status="done",
+                metrics=score_metrics(clean, data.test_y.numpy(), "clean_"),
+                info={"device": device, **detector.info(), "train_size": len(data.train_x)},
+            )
+            store.put(row, labels=data.test_y.numpy(), clean=clean)
+            counts["done"] += 1
+    except (KeyboardInterrupt, UserError):
+        raise
+    except Exception:
+        row = _row(fit, cfg, started)
+        row.update(status="failed", error=traceback.format_exc())
+        store.put(row)
+        counts["failed"] += 1
+        progress.log(f"FAILED {fit.describe()} (traceback stored in {fit.job_id})")
+        progress.advance(1 + len(evals))
+        return
+    progress.advance(1)
+    progress.advance(len(evals) - len(todo))
+    counts["skipped"] += len(evals) - len(todo)
+
+    clean = store.samples(fit.job_id)["clean"]
+    labels = data.test_y.numpy()
+    for job in todo:
+        progress.log(job.describe())
+        started = time.time()
+        try:
+            adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
+                                        fit.seed, cfg["batch_size"], device)  # fmt: skip
+            row = _row(job, cfg, started)
+            info["flags"] = reliability_flags(info)
+            row.update(status="done", metrics=attack_metrics(clean, adv, labels), info=info)
+            store.put(row, labels=labels, clean=clean, adv=adv)
+            counts["done"] += 1
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception:
+            row = _row(job, cfg, started)
+            row.update(status="failed", error=traceback.format_exc())
+            store.put(row)
+            counts["failed"] += 1
+            progress.log(f"FAILED {job.describe()} (traceback stored in {job.job_id})")
+        progress.advance(1)
+
+
+def iter_eval_objectives(store: Store, job_ids: list[str]) -> Iterator[np.ndarray]:
+    """Per-sample attacker objectives d·s of stored adversarial scores (for worst cases)."""
+    for jid in job_ids:
+        s = store.samples(jid)
+        yield objective(torch.from_numpy(s["adv"]), torch.from_numpy(s["labels"])).numpy()
+
+
+def benchmark(
+    method: str,
+    dataset: str = "digits",
+    normal_class: int = 0,
+    attacks: list[str] | tuple[str, ...] = ("pgd",),
+    preset: str = "quick",
+    seed: int = 0,
+    eps: float | str | None = None,
+    norm: str | None = None,
+    method_params: dict | None = None,
+    attack_params: dict | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """One call, RobustBench style: fit ``method`` on one normal class and attack it.
+
+    Returns ``{"clean": {auroc, aupr, fpr95}, "attacks": {name: metrics}, ...}`` with
+    AUROC as a fraction in [0, 1]. Nothing is written to disk.
+    """
+    from robustad.config import resolve
+
+    overrides: dict[str, Any] = {"methods": [method], "datasets": [dataset],
+                                 "classes": [normal_class], "seeds": [seed],
+                                 "attacks": list(attacks), "data_root": data_root}  # fmt: skip
+    if eps is not None:
+        overrides["eps"] = [eps]
+    if norm is not None:
+        overrides["norm"] = norm
+    if method_params:
+        overrides["method_params"] = {method: method_params}
+    if attack_params:
+        overrides["attack_params"] = attack_params
+    cfg = resolve(preset, overrides=overrides)
+    dev = resolve_device(device)
+    grid = expand_grid(cfg)
+    fit = grid.fits[0]
+    data = load_dataset(dataset, normal_class, data_root)
+    detector = fit_detector(fit, data, dev)
+    labels = data.test_y.numpy()
+    clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)
+    result: dict[str, Any] = {
+        "method": fit.method,
+        "dataset": dataset,
+        "normal_class": normal_class,
+        "clean": score_metrics(clean, labels),
+        "attacks": {},
+    }
+    for job in grid.evals[fit]:
+        adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data, seed,
+                                    cfg["batch_size"], dev)  # fmt: skip
+        metrics = attack_metrics(clean, adv, labels)
+        metrics.update(threat=job.threat.to_dict(), flags=reliability_flags(info))
+        result["attacks"][job.attack] = metrics
+    return result

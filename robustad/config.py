@@ -1,0 +1,175 @@
+"""Run configuration: a preset (configs/*.yaml) ← a user YAML (``--config``) ← CLI flags.
+
+Unknown keys and bad values are errors (UserError), never silently ignored.
+
+Keys:
+  preset        name of the preset the config started from (recorded with results)
+  methods       list of method names, or "all" (every registered method)
+  datasets      list of dataset names, or "all"
+  classes       "all" or a list of normal-class indices
+  seeds         list of integer seeds
+  attacks       list of attack names (the clean score is always measured)
+  norm          "Linf" or "L2"
+  eps           "auto" (by resolution), a number, "8/255", or a list of those (a sweep)
+  attack_mode   "both", "normal" or "anomaly": which AUROC the leaderboard shows
+  batch_size    evaluation/attack batch size
+  device        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+  executor      "local"
+  data_root     folder with datasets (optional)
+  download      allow downloading missing datasets
+  method_params {method: {param: value}} constructor parameters
+  attack_params {attack: {param: value}} constructor parameters
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustad.errors import UserError
+from robustad.threat import MODES, NORMS, parse_eps
+
+KEYS = {
+    "preset", "methods", "datasets", "classes", "seeds", "attacks", "norm", "eps",
+    "attack_mode", "batch_size", "device", "executor", "data_root", "download",
+    "method_params", "attack_params",
+}  # fmt: skip
+EXECUTORS = ("local",)
+
+
+def preset_names() -> list[str]:
+    files = importlib.resources.files("robustad.configs").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    text = importlib.resources.files("robustad.configs").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Override ``base`` key by key; the *_params mappings merge one level deeper."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None and key not in ("data_root",):
+            continue
+        if key in ("method_params", "attack_params") and isinstance(value, dict):
+            merged = dict(out.get(key) or {})
+            for name, params in value.items():
+                merged[name] = {**(merged.get(name) or {}), **(params or {})}
+            out[key] = merged
+        else:
+            out[key] = value
+    return out
+
+
+def _as_list(value: Any, key: str) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (int, float)):
+        return [value]
+    raise UserError(f"config key {key!r} must be a list or a comma-separated string")
+
+
+def resolve(
+    preset: str = "quick", config_file: str | None = None, overrides: dict | None = None
+) -> dict[str, Any]:
+    """Build and validate the final configuration."""
+    cfg = load_preset(preset)
+    layers = [load_yaml(config_file)] if config_file else []
+    layers.append(overrides or {})
+    for layer in layers:
+        unknown = sorted(set(layer) - KEYS)
+        if unknown:
+            raise UserError(
+                f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(KEYS))}"
+            )
+        cfg = merge(cfg, layer)
+    return validate(cfg)
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    from robustad.registry import ATTACKS, DATASETS, METHODS
+
+    cfg = dict(cfg)
+    for key, registry in (("methods", METHODS), ("datasets", DATASETS), ("attacks", ATTACKS)):
+        names = _as_list(cfg.get(key, []), key)
+        if names == ["all"]:
+            names = registry.names()
+        for n in names:
+            registry.get(n)  # raises UnknownNameError with close matches
+        cfg[key] = [registry.get(n).name for n in names]
+    if not cfg["methods"] or not cfg["datasets"]:
+        raise UserError("the run needs at least one method and one dataset")
+
+    classes = cfg.get("classes", "all")
+    if classes != "all":
+        try:
+            cfg["classes"] = [int(c) for c in _as_list(classes, "classes")]
+        except ValueError as exc:
+            raise UserError(f"classes must be 'all' or integers, got {classes!r}") from exc
+        for d in cfg["datasets"]:
+            n = DATASETS.get(d).metadata.get("num_classes")
+            bad = [c for c in cfg["classes"] if n is not None and not 0 <= c < n]
+            if bad:
+                raise UserError(f"{d} has classes 0..{n - 1}; class(es) {bad} are out of range")
+    try:
+        cfg["seeds"] = [int(s) for s in _as_list(cfg.get("seeds", [0]), "seeds")]
+    except ValueError as exc:
+        raise UserError(f"seeds must be integers, got {cfg.get('seeds')!r}") from exc
+
+    if cfg.get("norm") not in NORMS:
+        raise UserError(f"unknown norm {cfg.get('norm')!r}; choose one of {', '.join(NORMS)}")
+    if cfg.get("attack_mode") not in MODES:
+        raise UserError(f"unknown attack mode {cfg.get('attack_mode')!r}; choose {', '.join(MODES)}")
+    eps = cfg.get("eps", "auto")
+    if eps != "auto":
+        values = [parse_eps(e) for e in _as_list(eps, "eps")]
+        for v in values:
+            if v <= 0 or (cfg["norm"] == "Linf" and v >= 1):
+                raise UserError(
+                    f"ε = {v:g} is impossible; give 0 < ε < 1 for L∞ (e.g. 8/255) or ε > 0 for L2"
+                )
+        cfg["eps"] = values
+    if not isinstance(cfg.get("batch_size"), int) or cfg["batch_size"] < 1:
+        raise UserError(f"batch_size must be a positive integer, got {cfg.get('batch_size')!r}")
+    if cfg.get("executor") not in EXECUTORS:
+        raise UserError(f"unknown executor {cfg.get('executor')!r}; available: {', '.join(EXECUTORS)}")
+    for key, registry in (("method_params", METHODS), ("attack_params", ATTACKS)):
+        params = cfg.get(key) or {}
+        if not isinstance(params, dict):
+            raise UserError(f"{key} must map names to parameter mappings")
+        for name, p in params.items():
+            if name not in registry:
+                continue  # parameters for a plug-in that is not loaded in this run
+            entry = registry.get(name)
+            valid = entry.parameters()
+            bad = sorted(set(p or {}) - set(valid))
+            if bad and not entry.accepts_any_keyword():
+                raise UserError(
+                    f"{key}: {registry.kind} {name!r} has no parameter(s) {', '.join(bad)}; "
+                    f"valid: {', '.join(valid)}"
+                )
+        cfg[key] = {k: dict(v or {}) for k, v in params.items()}
+    return cfg

@@ -1,0 +1,96 @@
+"""``OneClassData`` and the one-class protocol helpers shared by every loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robustad.errors import UserError
+
+
+@dataclass
+class OneClassData:
+    """One normal class of a dataset under the one-class protocol (DATASETS.md).
+
+    ``train_x``: (N,C,H,W) float32 in [0,1], normal images only.
+    ``test_x``: (M,C,H,W) float32 in [0,1]; ``test_y``: (M,) int64, 0 normal / 1 anomaly.
+    ``test_masks``: (M,H,W) float32 pixel labels or None.
+    """
+
+    name: str
+    normal_class: int
+    train_x: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    test_masks: Tensor | None = None
+    class_name: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return tuple(self.train_x.shape[-2:])
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    def __repr__(self) -> str:
+        n_anom = int(self.test_y.sum())
+        return (
+            f"OneClassData({self.name!r}, normal_class={self.normal_class}, "
+            f"train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)} "
+            f"({len(self.test_y) - n_anom} normal / {n_anom} anomalous))"
+        )
+
+
+def one_class_split(
+    name: str,
+    normal_class: int,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    class_names: list[str] | None = None,
+) -> OneClassData:
+    """Apply the protocol: train on the normal class only, test on the whole test split.
+
+    Images are uint8 (N,H,W) or (N,H,W,C) or float in [0,1] (N,C,H,W).
+    """
+    train_x = to_float_nchw(train_images[train_labels == normal_class])
+    if len(train_x) == 0:
+        raise UserError(f"{name}: class {normal_class} has no training images")
+    test_x = to_float_nchw(test_images)
+    test_y = torch.from_numpy((np.asarray(test_labels) != normal_class).astype(np.int64))
+    return OneClassData(
+        name=name,
+        normal_class=int(normal_class),
+        train_x=train_x,
+        test_x=test_x,
+        test_y=test_y,
+        class_name=class_names[normal_class] if class_names else str(normal_class),
+    )
+
+
+def to_float_nchw(images: np.ndarray) -> Tensor:
+    """uint8 (N,H,W[,C]) → float32 (N,C,H,W) in [0,1]; float arrays are taken as NCHW."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        if arr.ndim == 3:
+            arr = arr[:, None]
+        elif arr.ndim == 4:
+            arr = arr.transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+    t = torch.as_tensor(arr, dtype=torch.float32)
+    if t.dim() == 3:
+        t = t[:, None]
+    return t.contiguous()
+
+
+def check_class(name: str, normal_class: int, num_classes: int) -> None:
+    if not (isinstance(normal_class, int) and 0 <= normal_class < num_classes):
+        raise UserError(
+            f"{name} has classes 0..{num_classes - 1}; normal class {normal_class!r} is out of range"
+        )
