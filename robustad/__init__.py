@@ -45,8 +45,8 @@ def create_attack(name: str, **params) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "DATASETS", "METHODS", "Attack", "Detector", "OneClassData", "RunContext", "ThreatModel", "UserError",
-    "aupr", "auroc", "benchmark", "create_attack", "create_method", "fpr_at_tpr",
-    "list_attacks", "list_datasets", "list_methods", "load_dataset", "load_plugin",
+    "ATTACKS", "DATASETS", "METHODS", "Attack", "Detector", "OneClassData", "RunContext",
+    "ThreatModel", "UserError", "aupr", "auroc", "benchmark", "create_attack", "create_method",
+    "fpr_at_tpr", "list_attacks", "list_datasets", "list_methods", "load_dataset", "load_plugin",
     "one_sided_scores", "register_attack", "register_dataset", "register_method",
 ]  # fmt: skip

@@ -19,6 +19,7 @@ Keys:
   download      allow downloading missing datasets
   method_params {method: {param: value}} constructor parameters
   attack_params {attack: {param: value}} constructor parameters
+  dataset_params {dataset: {param: value}} loader parameters (e.g. image_size)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from robustad.threat import MODES, NORMS, parse_eps
 KEYS = {
     "preset", "methods", "datasets", "classes", "seeds", "attacks", "norm", "eps",
     "attack_mode", "batch_size", "device", "executor", "data_root", "download",
-    "method_params", "attack_params",
+    "method_params", "attack_params", "dataset_params",
 }  # fmt: skip
 EXECUTORS = ("local",)
 
@@ -72,7 +73,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         if value is None and key not in ("data_root",):
             continue
-        if key in ("method_params", "attack_params") and isinstance(value, dict):
+        if key in ("method_params", "attack_params", "dataset_params") and isinstance(value, dict):
             merged = dict(out.get(key) or {})
             for name, params in value.items():
                 merged[name] = {**(merged.get(name) or {}), **(params or {})}
@@ -156,7 +157,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"batch_size must be a positive integer, got {cfg.get('batch_size')!r}")
     if cfg.get("executor") not in EXECUTORS:
         raise UserError(f"unknown executor {cfg.get('executor')!r}; available: {', '.join(EXECUTORS)}")
-    for key, registry in (("method_params", METHODS), ("attack_params", ATTACKS)):
+    cfg.setdefault("dataset_params", {})
+    for key, registry in (
+        ("method_params", METHODS),
+        ("attack_params", ATTACKS),
+        ("dataset_params", DATASETS),
+    ):
         params = cfg.get(key) or {}
         if not isinstance(params, dict):
             raise UserError(f"{key} must map names to parameter mappings")

@@ -112,6 +112,7 @@ class FitJob:
     dataset: str
     normal_class: int
     seed: int
+    data_params: dict = field(default_factory=dict)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -120,6 +121,7 @@ class FitJob:
             "method": self.method,
             "params": self.params,
             "dataset": self.dataset,
+            "data_params": self.data_params,
             "normal_class": self.normal_class,
             "seed": self.seed,
             "fit_version": FIT_VERSION,
@@ -197,7 +199,8 @@ def expand_grid(cfg: dict[str, Any]) -> Grid:
         for dataset in cfg["datasets"]:
             for c in dataset_classes(dataset, cfg["classes"]):
                 for seed in cfg["seeds"]:
-                    fit = FitJob(method, mparams, dataset, int(c), int(seed))
+                    dparams = cfg["dataset_params"].get(dataset, {})
+                    fit = FitJob(method, mparams, dataset, int(c), int(seed), dparams)
                     grid.fits.append(fit)
                     evals = []
                     for attack in cfg["attacks"]:
@@ -255,6 +258,16 @@ def _check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> 
     size = delta.abs().amax(1) if threat.norm == "Linf" else delta.norm(dim=1)
     if (size > threat.eps * (1 + 1e-4) + 1e-6).any() or x_adv.min() < 0 or x_adv.max() > 1:
         raise RuntimeError(f"attack left the threat model {threat.label()} (max ‖δ‖ {size.max():.4g})")
+
+
+def load_config_dataset(cfg: dict[str, Any], dataset: str, normal_class: int) -> OneClassData:
+    return load_dataset(
+        dataset,
+        normal_class,
+        cfg.get("data_root"),
+        bool(cfg.get("download")),
+        **cfg["dataset_params"].get(dataset, {}),
+    )
 
 
 def reliability_flags(info: dict[str, Any]) -> list[str]:
@@ -344,8 +357,7 @@ def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[
 
     # Fail fast on missing data, before any training: one load per dataset.
     for dataset in cfg["datasets"]:
-        load_dataset(dataset, dataset_classes(dataset, cfg["classes"])[0],
-                     cfg.get("data_root"), cfg.get("download", False))  # fmt: skip
+        load_config_dataset(cfg, dataset, dataset_classes(dataset, cfg["classes"])[0])  # fmt: skip
 
     with Store(out / "bench.sqlite") as store:
         progress = Progress(grid.n_jobs, quiet=quiet)
@@ -366,7 +378,7 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
         progress.advance(1 + len(evals))
         counts["skipped"] += 1 + len(evals)
         return
-    data = load_dataset(fit.dataset, fit.normal_class, cfg.get("data_root"), cfg.get("download"))
+    data = load_config_dataset(cfg, fit.dataset, fit.normal_class)
 
     started = time.time()
     try:
@@ -470,7 +482,7 @@ def benchmark(
     dev = resolve_device(device)
     grid = expand_grid(cfg)
     fit = grid.fits[0]
-    data = load_dataset(dataset, normal_class, data_root)
+    data = load_config_dataset(cfg, dataset, normal_class)
     detector = fit_detector(fit, data, dev)
     labels = data.test_y.numpy()
     clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)

@@ -7,14 +7,28 @@ from robustad.registry import DATASETS
 
 
 def load_dataset(
-    name: str, normal_class: int = 0, data_root: str | None = None, download: bool = False
+    name: str,
+    normal_class: int = 0,
+    data_root: str | None = None,
+    download: bool = False,
+    **params,
 ) -> OneClassData:
-    """Load one normal class of a registered dataset (see DATASETS.md)."""
+    """Load one normal class of a registered dataset (see DATASETS.md).
+
+    ``params`` go to the dataset's loader (e.g. ``image_size`` for resized datasets).
+    """
     entry = DATASETS.get(name)
     n = entry.metadata.get("num_classes")
     if n is not None and isinstance(normal_class, int) and not 0 <= normal_class < n:
         raise UserError(f"{entry.name} has classes 0..{n - 1}; normal class {normal_class} is out of range")
-    return entry.factory(normal_class=normal_class, data_root=data_root, download=download)
+    if params and not entry.accepts_any_keyword():
+        bad = sorted(set(params) - set(entry.parameters()))
+        if bad:
+            raise UserError(
+                f"dataset {entry.name!r} has no parameter(s) {', '.join(bad)}; "
+                f"valid: {', '.join(entry.parameters())}"
+            )
+    return entry.factory(normal_class=normal_class, data_root=data_root, download=download, **params)
 
 
 __all__ = ["OneClassData", "load_dataset"]
