@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from robustad.errors import UserError
 from robustad.threat import ThreatModel
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -83,6 +84,53 @@ def objective_and_grad(score_fn: ScoreFn, x: Tensor, y: Tensor) -> tuple[Tensor,
     return obj.detach(), grad.detach()
 
 
+class GradientOracle:
+    """Objective values and input gradients for one attack step, shared by every attack.
+
+    - ``grad_fn``: the score whose gradient is followed. By default the detector's
+      score; for adaptive attacks (Tramèr et al., 2020) a smooth surrogate, while
+      the objective that decides each sample's best point stays the true score.
+    - ``draws > 1``: expectation over transformation (EOT) for stochastic scores,
+      the objective and gradient are averaged over that many draws.
+
+    ``oracle(x, y)`` returns ``(d·s(x), ∇ₓ)``, both detached: (N,) and x's shape.
+    With the default settings this is one forward and one backward pass.
+    """
+
+    def __init__(self, score_fn: ScoreFn, grad_fn: ScoreFn | None = None, draws: int = 1):
+        if draws < 1:
+            raise ValueError("draws must be >= 1")
+        self.score_fn = score_fn
+        self.grad_fn = grad_fn
+        self.draws = draws
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        fn = self.grad_fn or self.score_fn
+        obj, grad = objective_and_grad(fn, x, y)
+        for _ in range(self.draws - 1):
+            o, g = objective_and_grad(fn, x, y)
+            obj, grad = obj + o, grad + g
+        if self.draws > 1:
+            obj, grad = obj / self.draws, grad / self.draws
+        if self.grad_fn is not None:
+            # The surrogate only steers; the best point is judged by the true score.
+            with torch.no_grad():
+                obj = objective(self.score_fn(x), y)
+        return obj, grad
+
+
+def surrogate_score_fn(detector) -> ScoreFn:
+    """The detector's ``surrogate_score`` (for ``adaptive=True``), or a UserError."""
+    fn = getattr(detector, "surrogate_score", None)
+    if not callable(fn):
+        name = getattr(detector, "registry_name", type(detector).__name__)
+        raise UserError(
+            f"adaptive=True needs a surrogate_score(x) method, which detector {name!r} does not "
+            "have; drop adaptive=True for it or add a smooth surrogate_score to the method"
+        )
+    return fn
+
+
 class BestPoint:
     """Keeps, per sample, the highest-objective point seen so far (clean included)."""
 
@@ -144,6 +192,23 @@ class Attack:
         generator: torch.Generator,
     ) -> None:
         raise NotImplementedError
+
+    def gradient_oracle(
+        self,
+        detector,
+        score_fn: ScoreFn,
+        adaptive: bool = False,
+        eot_draws: int = 1,
+        always_eot: bool = False,
+    ) -> GradientOracle:
+        """The oracle for this detector: surrogate gradients if ``adaptive``, and EOT
+        over ``eot_draws`` draws when the detector declares ``stochastic = True``
+        (or always, with ``always_eot``)."""
+        grad_fn = surrogate_score_fn(detector) if adaptive else None
+        draws = eot_draws if (always_eot or getattr(detector, "stochastic", False)) else 1
+        if draws > 1:
+            self.stats["eot_draws"] = float(draws)
+        return GradientOracle(score_fn, grad_fn, draws)
 
     def _record_zero_grad(self, grad: Tensor) -> None:
         """Fraction of samples whose first input gradient is exactly zero (a masking sign)."""

@@ -3,6 +3,11 @@
 Step size α = 2.5 ε / steps by default (so the iterate can cross the ball from
 any start), uniform random start, ``restarts`` independent runs, and the best
 iterate per sample over all steps and restarts (not the last one).
+
+``adaptive=True`` follows the gradient of the detector's ``surrogate_score``
+(Tramèr et al., 2020) while each sample's best point is still chosen by the
+true score. For detectors that declare ``stochastic = True`` the gradient is
+averaged over ``eot_draws`` draws (EOT) automatically; ``eot-pgd`` always does.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from robustad.attacks.base import (
     Attack,
     ascent_direction,
     objective,
-    objective_and_grad,
     project,
     random_start,
 )
@@ -28,6 +32,8 @@ class PGD(Attack):
         restarts: int = 1,
         alpha: float | None = None,
         random_start: bool = True,
+        adaptive: bool = False,
+        eot_draws: int = 10,
         seed: int = 0,
     ):
         super().__init__(seed=seed)
@@ -37,20 +43,35 @@ class PGD(Attack):
         self.restarts = restarts
         self.alpha = alpha
         self.random_start = random_start
+        self.adaptive = adaptive
+        self.eot_draws = eot_draws
+
+    #: average gradients over draws even for detectors that are not stochastic
+    always_eot = False
 
     def step_size(self, eps: float) -> float:
         return self.alpha if self.alpha is not None else 2.5 * eps / self.steps
 
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
         alpha = self.step_size(threat.eps)
+        oracle = self.gradient_oracle(detector, score_fn, self.adaptive, self.eot_draws, self.always_eot)
         for _ in range(self.restarts):
             x_adv = random_start(x, threat, generator) if self.random_start else x.clone()
             for _ in range(self.steps):
                 # The objective at x_adv comes with its gradient, so the best-point
                 # update costs no extra forward pass.
-                obj, grad = objective_and_grad(score_fn, x_adv, y)
+                obj, grad = oracle(x_adv, y)
                 self._record_zero_grad(grad)
                 best.update(x_adv, obj)
                 x_adv = project(x_adv + alpha * ascent_direction(grad, threat.norm), x, threat)
             with torch.no_grad():  # the final iterate has not been scored yet
                 best.update(x_adv, objective(score_fn(x_adv), y))
+
+
+@register_attack(
+    "eot-pgd",
+    white_box=True,
+    description="PGD with the gradient averaged over draws (EOT), for stochastic detectors",
+)
+class EOTPGD(PGD):
+    always_eot = True
