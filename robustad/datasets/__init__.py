@@ -1,23 +1,35 @@
 """Datasets under the one-class protocol. Importing this package registers the built-ins."""
 
-from robustad.datasets import digits, fmnist  # noqa: F401  (registration)
-from robustad.datasets.base import OneClassData
+from robustad.datasets import (  # noqa: F401  (registration)
+    cifar,
+    digits,
+    fmnist,
+    imagefolder,
+    mnist,
+    mvtec,
+    svhn,
+    visa,
+)
+from robustad.datasets.base import OneClassData, class_index
 from robustad.errors import UserError
 from robustad.registry import DATASETS
 
 
 def load_dataset(
     name: str,
-    normal_class: int = 0,
+    normal_class: int | str = 0,
     data_root: str | None = None,
     download: bool = False,
     **params,
 ) -> OneClassData:
     """Load one normal class of a registered dataset (see DATASETS.md).
 
+    ``normal_class`` is an index or one of the dataset's class names (``"bottle"``).
     ``params`` go to the dataset's loader (e.g. ``image_size`` for resized datasets).
     """
     entry = DATASETS.get(name)
+    if entry.metadata.get("class_names"):
+        normal_class = class_index(entry.name, normal_class, list(entry.metadata["class_names"]))
     n = entry.metadata.get("num_classes")
     if n is not None and isinstance(normal_class, int) and not 0 <= normal_class < n:
         raise UserError(f"{entry.name} has classes 0..{n - 1}; normal class {normal_class} is out of range")

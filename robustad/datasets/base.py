@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,3 +95,38 @@ def check_class(name: str, normal_class: int, num_classes: int) -> None:
         raise UserError(
             f"{name} has classes 0..{num_classes - 1}; normal class {normal_class!r} is out of range"
         )
+
+
+# Where datasets are looked for without --data-root, and where --download puts them.
+DEFAULT_DATA_ROOT = Path.home() / ".cache" / "robustad"
+
+
+def search_dirs(data_root: str | None, subdirs: tuple[str, ...]) -> list[Path]:
+    """``data_root/sub`` for each ``sub`` (``""`` is the root itself); the default root if none."""
+    root = Path(data_root).expanduser() if data_root else DEFAULT_DATA_ROOT
+    return [root / s if s else root for s in subdirs]
+
+
+def class_index(name: str, normal_class: int | str, class_names: list[str]) -> int:
+    """A normal class given as an index or as one of ``class_names`` → its index."""
+    if isinstance(normal_class, str) and not normal_class.lstrip("-").isdigit():
+        if normal_class not in class_names:
+            raise UserError(
+                f"{name} has no class {normal_class!r}; valid: {', '.join(class_names)} "
+                f"(or indices 0..{len(class_names) - 1})"
+            )
+        return class_names.index(normal_class)
+    return int(normal_class)
+
+
+def looked_in(dirs: list[Path]) -> str:
+    return ", ".join(str(d) for d in dirs)
+
+
+def file_signature(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of each file: a cache key that changes when a file is replaced."""
+    out = []
+    for f in files:
+        st = Path(f).stat()
+        out.append((str(f), st.st_size, st.st_mtime_ns))
+    return tuple(out)

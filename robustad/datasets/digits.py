@@ -33,6 +33,7 @@ def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     native_size=8,
     channels=1,
     source="bundled with scikit-learn (no download)",
+    locate=lambda data_root: (True, "inside scikit-learn"),
 )
 def load_digits_one_class(
     normal_class: int = 0, data_root: str | None = None, download: bool = False

@@ -70,6 +70,14 @@ def _read_all(folder: str) -> tuple[np.ndarray, ...]:
     return arrays
 
 
+def locate_fmnist(data_root: str | None) -> tuple[bool, str]:
+    folder = find_files(data_root)
+    if folder is not None:
+        return True, str(folder)
+    looked = ", ".join(str(d) for d in candidate_dirs(data_root))
+    return False, f"looked in {looked} (--download fetches it)"
+
+
 @register_dataset(
     "fmnist",
     num_classes=10,
@@ -77,6 +85,7 @@ def _read_all(folder: str) -> tuple[np.ndarray, ...]:
     native_size=28,
     channels=1,
     source="Debian dataset-fashion-mnist, torchvision layout under --data-root, or --download",
+    locate=locate_fmnist,
 )
 def load_fmnist(normal_class: int = 0, data_root: str | None = None, download: bool = False) -> OneClassData:
     check_class("fmnist", normal_class, 10)
