@@ -97,3 +97,19 @@ def attack_metrics(clean, adv, labels) -> dict[str, float]:
     out["adv_auroc_normal_only"] = auroc(one_sided_scores(clean, adv, labels, "normal"), labels)
     out["adv_auroc_anomaly_only"] = auroc(one_sided_scores(clean, adv, labels, "anomaly"), labels)
     return out
+
+
+def pixel_auroc(maps, masks) -> float:
+    """Pixel-level AUROC of anomaly maps against ground-truth masks (MVTec/VisA localisation).
+
+    ``maps``: (N,H,W) per-pixel anomaly scores (higher = more anomalous), from a
+    detector's ``anomaly_map``; ``masks``: (N,H,W) pixel labels, 0 normal / non-zero
+    anomalous (``OneClassData.test_masks``). Every pixel of every image is one
+    sample, as in the MVTec AD protocol, so normal images contribute only negatives.
+    """
+    shape_m = tuple(maps.shape) if hasattr(maps, "shape") else np.shape(maps)
+    shape_y = tuple(masks.shape) if hasattr(masks, "shape") else np.shape(masks)
+    m, y = _np(maps), _np(masks)
+    if shape_m != shape_y:
+        raise ValueError(f"anomaly maps {shape_m} and masks {shape_y} differ in shape; resize the maps")
+    return auroc(m, (y > 0).astype(np.float64))
