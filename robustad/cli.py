@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "attacks", "datasets"])
     ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. '*svdd*'")
     ls.add_argument("--plugin", action="append", default=[])
+    ls.add_argument("--data-root", dest="data_root",
+                    help="with 'datasets': where to look for the files (as for bench run)")  # fmt: skip
     return parser
 
 
@@ -146,8 +148,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max(len(n) for n in names)
     for name in names:
         meta = registry.get(name).metadata
-        facts = "; ".join(f"{k}: {v}" for k, v in meta.items() if k != "class_names")
+        facts = "; ".join(f"{k}: {v}" for k, v in meta.items() if k != "class_names" and not callable(v))
         print(f"{name:<{width}}  {facts}")
+        names_ = meta.get("class_names") or []
+        if args.what == "datasets" and names_ != [str(i) for i in range(len(names_))]:
+            classes = ", ".join(f"{i} {c}" for i, c in enumerate(names_))
+            print(f"{'':<{width}}  classes: {classes}")
+        if callable(meta.get("locate")):  # datasets: where the files are looked for, and if found
+            found, where = meta["locate"](getattr(args, "data_root", None))
+            print(f"{'':<{width}}  files: {'found' if found else 'NOT FOUND'}: {where}")
     return 0
 
 

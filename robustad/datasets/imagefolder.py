@@ -128,7 +128,7 @@ def locate_imagefolder(data_root: str | None) -> tuple[bool, str]:
     "imagefolder",
     num_classes=None,
     native_size=DEFAULT_IMAGE_SIZE,
-    files="any size, resized to image_size (default 224) on load",
+    stored_as="any size, resized to image_size (default 224) on load",
     channels="1 or 3, as stored",
     source="class folders under --data-root (classes are the sorted folder names)",
     locate=locate_imagefolder,

@@ -110,7 +110,7 @@ def locate_visa(data_root: str | None) -> tuple[bool, str]:
     num_classes=len(OBJECTS),
     class_names=OBJECTS,
     native_size=DEFAULT_IMAGE_SIZE,
-    files="about 1500×1000 px JPEG, resized to image_size (default 224) on load",
+    stored_as="about 1500×1000 px JPEG, resized to image_size (default 224) on load",
     channels=3,
     source="VisA tree with split_csv/1cls.csv under --data-root (no automatic download)",
     locate=locate_visa,
