@@ -6,7 +6,7 @@ Keys:
   preset        name of the preset the config started from (recorded with results)
   methods       list of method names, or "all" (every registered method)
   datasets      list of dataset names, or "all"
-  classes       "all" or a list of normal-class indices
+  classes       "all" or a list of normal-class indices or class names (e.g. bottle)
   seeds         list of integer seeds
   attacks       list of attack names (the clean score is always measured)
   norm          "Linf" or "L2"
@@ -110,6 +110,27 @@ def resolve(
     return validate(cfg)
 
 
+def _class_index(value: Any, datasets: list[str]) -> int:
+    """A normal class given as an index, or as a class name shared by every dataset of the run."""
+    from robustad.registry import DATASETS
+
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        pass
+    found = {}
+    for d in datasets:
+        names = list(DATASETS.get(d).metadata.get("class_names") or [])
+        if value in names:
+            found[d] = names.index(value)
+    if len(found) != len(datasets) or len(set(found.values())) != 1:
+        raise UserError(
+            f"classes must be 'all', integers or class names of {', '.join(datasets)} "
+            f"(see 'bench list datasets'); got {value!r}"
+        )
+    return next(iter(found.values()))
+
+
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     from robustad.registry import ATTACKS, DATASETS, METHODS
 
@@ -126,10 +147,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
 
     classes = cfg.get("classes", "all")
     if classes != "all":
-        try:
-            cfg["classes"] = [int(c) for c in _as_list(classes, "classes")]
-        except ValueError as exc:
-            raise UserError(f"classes must be 'all' or integers, got {classes!r}") from exc
+        cfg["classes"] = [_class_index(c, cfg["datasets"]) for c in _as_list(classes, "classes")]
         for d in cfg["datasets"]:
             n = DATASETS.get(d).metadata.get("num_classes")
             bad = [c for c in cfg["classes"] if n is not None and not 0 <= c < n]
