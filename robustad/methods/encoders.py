@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -47,3 +48,123 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+class InputAdapter(nn.Module):
+    """The first layer of image encoders: grey → three channels, then ``(x - 0.5) / 0.5``.
+
+    Kept inside the model so attacks perturb the native [0,1] pixels (one channel for
+    grey images, as the real threat would) and ε means the same for every method.
+    (N,C,H,W) in [0,1] with C ∈ {1,3} → (N,3,H,W) in [-1,1].
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - 0.5) / 0.5
+
+
+class BasicBlock(nn.Module):
+    """The ResNet-18/34 residual block: two 3×3 convolutions, projection shortcut on change."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet with BasicBlocks; ``width=64, blocks=(2,2,2,2)`` is ResNet-18.
+
+    ``stem="cifar"``: 3×3 conv, stride 1, no max-pool (images ≤ 64 px, so a 32 px
+    input keeps a 4×4 map before pooling); ``stem="imagenet"``: 7×7 conv stride 2
+    and a 3×3 max-pool. Stage ``i`` has ``width·2^i`` channels. ``width`` and
+    ``blocks`` give the narrower/shallower CPU variants. Input (N,C,H,W) in [0,1]
+    with C ∈ {1,3}; output (N, feature_dim) after global average pooling,
+    ``feature_dim = width·2^(stages-1)`` (512 for ResNet-18).
+    """
+
+    def __init__(self, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2), stem: str = "cifar"):
+        super().__init__()
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+        self.adapter = InputAdapter()
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, width, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        stages: list[nn.Module] = []
+        channels = width
+        for i, n in enumerate(blocks):
+            out = width * 2**i
+            layers = [BasicBlock(channels, out, 1 if i == 0 else 2)]
+            layers += [BasicBlock(out, out) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            channels = out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = channels
+        self.stem_name = stem
+        self.width = width
+        self.blocks = tuple(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.stages(self.stem(self.adapter(x)))).flatten(1)
+
+    def describe(self) -> str:
+        """A short name for result rows, e.g. ``resnet18`` or ``resnet(w16,1-1-1-1,cifar)``."""
+        if self.width == 64 and self.blocks == (2, 2, 2, 2):
+            return f"resnet18 ({self.stem_name} stem)"
+        return f"resnet(width {self.width}, blocks {'-'.join(map(str, self.blocks))}, {self.stem_name} stem)"
+
+
+def resnet_for(image_size: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2),
+               weights: str | None = None, stem: str = "auto") -> ResNet:  # fmt: skip
+    """The ResNet variant for a resolution: CIFAR stem up to 64 px, ImageNet stem above.
+
+    ``stem``: ``"auto"`` (by resolution as just said), or ``"cifar"`` / ``"imagenet"``
+    to force one (an ImageNet stem on small images is a cheap CPU variant: it works
+    on a 4× downsampled map).
+    ``weights``: None (random init; the suite never downloads) or the path of a local
+    ``state_dict`` file for this exact architecture.
+    """
+    if stem == "auto":
+        stem = "cifar" if image_size <= 64 else "imagenet"
+    net = ResNet(width, tuple(blocks), stem)
+    if weights is not None:
+        from pathlib import Path
+
+        from robustad.errors import UserError
+
+        if not Path(weights).is_file():
+            raise UserError(
+                f"encoder weights file {weights} does not exist; give a local state_dict file or "
+                "weights=None (random init; nothing is downloaded)"
+            )
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UserError(
+                f"encoder weights {weights} do not fit {net.describe()}; give matching width/blocks"
+            ) from exc
+    return net

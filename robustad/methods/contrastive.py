@@ -1,0 +1,456 @@
+"""Contrastive learning with shifted instances: the code CSI and COBRA share.
+
+CSI (Tack et al., NeurIPS 2020) and COBRA (ICLR 2025, ../shared/specs/COBRA.md) use
+the same encoder F, projection head G, group head H, light augmentations, group
+transforms (pseudo-anomalies) and anomaly score; COBRA adds three adversarial
+training attacks and the opposite-pair term to the loss. Both are
+:class:`ShiftedContrastiveDetector` with different switches; ``csi.py`` and
+``cobra.py`` only register them with their own parameter lists.
+
+Layout used everywhere: a *block* is one view of a batch of B images expanded to
+its K groups, group-major (row ``k·B + i`` is image i in group k); several blocks
+are concatenated, block b at rows ``b·K·B ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustad.attacks.base import ascent_direction, project, random_start
+from robustad.methods.base import Detector, RunContext
+from robustad.methods.encoders import resnet_for
+from robustad.methods.pseudo_anomalies import PseudoAnomalies, colour_jitter, grey
+from robustad.threat import ThreatModel
+
+#: added inside the logs of the opposite-pair term, as the public release does, so a
+#: term is bounded below by log(1e-8) ≈ -18.4 and cannot dominate the loss
+LOG_FLOOR = 1e-8
+
+
+# -- the model -------------------------------------------------------------------------
+class ShiftedContrastiveNet(nn.Module):
+    """Encoder F, projection head G (d → d → ReLU → proj_dim) and group head H (d → K).
+
+    Input (N,C,H,W) in [0,1]; returns features (N,d), projections (N,proj_dim) (not
+    normalised) and group logits (N,K).
+    """
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, proj_dim: int, groups: int):
+        super().__init__()
+        self.encoder = encoder
+        self.proj = nn.Sequential(
+            nn.Linear(feature_dim, feature_dim), nn.ReLU(), nn.Linear(feature_dim, proj_dim)
+        )
+        self.group_head = nn.Linear(feature_dim, groups)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        f = self.encoder(x)
+        return f, self.proj(f), self.group_head(f)
+
+
+# -- light augmentations ------------------------------------------------------------------
+#: columns of an augmentation parameter row (one row per image, or per test view)
+AUG_COLUMNS = ("flip", "crop_w", "crop_h", "crop_cx", "crop_cy", "bright", "contr", "satur", "hue", "grey")
+
+
+def sample_light_aug_params(
+    n: int, generator: torch.Generator, crop: bool, fixed_crop_scale: float | None = None
+) -> Tensor:
+    """Parameters of the light augmentations of COBRA.md, (n, len(AUG_COLUMNS)).
+
+    Horizontal flip p 0.5; colour jitter (brightness, contrast, saturation ×[0.6, 1.4],
+    hue ±0.1) with p 0.8 (factors 1 and 0 otherwise); greyscale p 0.2; with ``crop``,
+    a random resized crop (area scale 0.08–1, aspect 3/4–4/3), or a square crop of
+    area ``fixed_crop_scale`` (the test views) at a random place. Crop sizes and
+    centres are in normalised [-1,1] image coordinates.
+    """
+    r = lambda lo=0.0, hi=1.0: lo + (hi - lo) * torch.rand(n, generator=generator)  # noqa: E731
+    flip = (r() < 0.5).float()
+    if crop:
+        if fixed_crop_scale is not None:
+            scale, log_ratio = torch.full((n,), float(fixed_crop_scale)), torch.zeros(n)
+        else:
+            scale, log_ratio = r(0.08, 1.0), r(math.log(3 / 4), math.log(4 / 3))
+        ratio = log_ratio.exp()
+        cw = (scale * ratio).sqrt().clamp(max=1.0)
+        ch = (scale / ratio).sqrt().clamp(max=1.0)
+        cx = (r() * 2 - 1) * (1 - cw)
+        cy = (r() * 2 - 1) * (1 - ch)
+    else:
+        cw, ch, cx, cy = torch.ones(n), torch.ones(n), torch.zeros(n), torch.zeros(n)
+    jitter = r() < 0.8
+    one = torch.ones(n)
+    bright = torch.where(jitter, r(0.6, 1.4), one)
+    contr = torch.where(jitter, r(0.6, 1.4), one)
+    satur = torch.where(jitter, r(0.6, 1.4), one)
+    hue = torch.where(jitter, r(-0.1, 0.1), torch.zeros(n))
+    to_grey = (r() < 0.2).float()
+    return torch.stack([flip, cw, ch, cx, cy, bright, contr, satur, hue, to_grey], 1)
+
+
+def apply_light_aug(x: Tensor, params: Tensor) -> Tensor:
+    """Apply per-image augmentation parameters (N, len(AUG_COLUMNS)) to x (N,C,H,W) in [0,1].
+
+    Differentiable in x (crops and flips by bilinear resampling, jitter by arithmetic),
+    so attacks and scores can differentiate through the augmented views. A row with
+    flip 0, full crop, factors 1, hue 0, grey 0 is the identity.
+    """
+    p = params.to(x.device, x.dtype)
+    n = x.shape[0]
+    sgn = 1 - 2 * p[:, 0]
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = p[:, 1] * sgn
+    theta[:, 1, 1] = p[:, 2]
+    theta[:, 0, 2] = p[:, 3]
+    theta[:, 1, 2] = p[:, 4]
+    identity_crop = bool((p[:, 1:3] == 1).all())
+    if identity_crop:
+        # Pure flips: exact, no interpolation blur.
+        x = torch.where(p[:, 0].view(-1, 1, 1, 1) > 0.5, x.flip(-1), x)
+    else:
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = colour_jitter(x, p[:, 5], p[:, 6], p[:, 7], p[:, 8])
+    if x.shape[1] == 3:
+        x = torch.where(p[:, 9].view(-1, 1, 1, 1) > 0.5, grey(x).expand_as(x), x)
+    return x
+
+
+# -- the loss --------------------------------------------------------------------------
+def positive_mask(batch: int, groups: int, blocks: int) -> Tensor:
+    """(N,N) bool, N = blocks·K·B: j is a positive of a when both are the same image in
+    the same group, in different blocks (views)."""
+    n = blocks * groups * batch
+    idx = torch.arange(n)
+    within = idx % (groups * batch)  # (group, image) identity inside a block
+    block = idx // (groups * batch)
+    return (within[:, None] == within[None, :]) & (block[:, None] != block[None, :])
+
+
+def opposite_pairs(batch: int, groups: int, blocks: tuple[int, ...] = (0, 1)) -> Tensor:
+    """(P,2) index pairs (x_i, Υ_k x_i) for i < B, k ≥ 1, inside each of ``blocks``."""
+    pairs = []
+    for b in blocks:
+        off = b * groups * batch
+        for k in range(1, groups):
+            for i in range(batch):
+                pairs.append((off + i, off + k * batch + i))
+    return torch.tensor(pairs, dtype=torch.long).view(-1, 2)
+
+
+def log_softmax_offdiag(z: Tensor, temperature: float) -> Tensor:
+    """log p(a → j) = s_aj/τ − log Σ_{l≠a} exp(s_al/τ) for L2-normalised rows of z; (N,N).
+
+    The diagonal (a sample against itself) is excluded from every denominator and
+    set to -inf.
+    """
+    z = F.normalize(z, dim=1)
+    sim = z @ z.t() / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    return sim - torch.logsumexp(sim, dim=1, keepdim=True)
+
+
+def cobra_loss(
+    z: Tensor, batch: int, groups: int, blocks: int, temperature: float = 0.5, opposite_weight: float = 1.0
+) -> Tensor:
+    """L_COBRA: multi-positive NT-Xent plus the opposite-pair term.
+
+    ``z``: (blocks·K·B, D) projections in the block layout (not necessarily normalised).
+    Positive term: mean over anchors a of −(1/|P(a)|) Σ_{p∈P(a)} log p(a → p), with
+    P(a) = :func:`positive_mask` and every other sample in the denominator.
+    Opposite-pair term: within blocks 0 and 1 (V1, V2), for each image i and group
+    k ≥ 1, ``log(p(x_i → Υ_k x_i) + 1e-8) + log(p(Υ_k x_i → x_i) + 1e-8)``, averaged
+    over the (i, k, block) triples and weighted by ``opposite_weight``; minimising it
+    pushes each image away from its own pseudo-anomalies. ``opposite_weight = 0`` is
+    plain multi-positive NT-Xent (the public release). Returns a scalar.
+    """
+    logp = log_softmax_offdiag(z, temperature)
+    pos = positive_mask(batch, groups, blocks).to(z.device)
+    pos_term = -(logp.masked_fill(~pos, 0.0).sum(1) / pos.sum(1)).mean()
+    if opposite_weight == 0 or groups < 2:
+        return pos_term
+    pairs = opposite_pairs(batch, groups, tuple(range(min(blocks, 2)))).to(z.device)
+    p = logp.exp()
+    a, o = pairs[:, 0], pairs[:, 1]
+    opp = (torch.log(p[a, o] + LOG_FLOOR) + torch.log(p[o, a] + LOG_FLOOR)).mean()
+    return pos_term + opposite_weight * opp
+
+
+def anchored_nt_xent(z_anchor: Tensor, z_other: Tensor, target: Tensor, temperature: float) -> Tensor:
+    """Per-anchor NT-Xent against a fixed set: −log softmax_j(⟨a, o_j⟩/τ)[target]; (N,).
+
+    Each anchor's loss depends on that anchor alone, so a per-sample attack on the
+    anchors is well defined (the training attacks A_P and A_N).
+    """
+    sim = F.normalize(z_anchor, dim=1) @ F.normalize(z_other, dim=1).t() / temperature
+    return F.cross_entropy(sim, target, reduction="none")
+
+
+def group_derangement(groups: int, generator: torch.Generator) -> Tensor:
+    """A random permutation of 0..K-1 with no fixed point (for K = 2, the swap)."""
+    while True:
+        perm = torch.randperm(groups, generator=generator)
+        if not (perm == torch.arange(groups)).any():
+            return perm
+
+
+# -- training attacks -------------------------------------------------------------------------
+def pgd_on_loss(
+    loss_fn, x: Tensor, eps: float, steps: int, generator: torch.Generator, sign: float = 1.0
+) -> Tensor:
+    """L∞ PGD for adversarial training: random start, α = 2.5 ε / steps, last iterate.
+
+    ``loss_fn``: (N,C,H,W) → (N,) per-sample losses; ascends ``sign · loss`` (``sign
+    = -1`` minimises). Gradients go to the input only. Projection and random start
+    are the evaluation attacks' helpers (robustad.attacks.base), so both use the same
+    threat-model geometry.
+    """
+    threat = ThreatModel("Linf", eps)
+    alpha = 2.5 * eps / steps
+    x = x.detach()
+    x_adv = random_start(x, threat, generator)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(sign * loss_fn(x_adv).sum(), x_adv)
+        x_adv = project(x_adv.detach() + alpha * ascent_direction(grad, "Linf"), x, threat)
+    return x_adv.detach()
+
+
+# -- the detector ------------------------------------------------------------------------------
+class ShiftedContrastiveDetector(Detector):
+    """CSI / COBRA. Subclasses set the parameters; this class holds all the behaviour.
+
+    Attributes read here (set by the subclass constructors through ``store_hparams``
+    or as class attributes): width, blocks, stem, weights, proj_dim, pseudo_anomalies,
+    groups, epochs, batch_size, lr, warmup_epochs, weight_decay, temperature,
+    test_views, max_train, opposite_weight, eps_train, train_attack_steps.
+    """
+
+    opposite_weight: float = 0.0
+    eps_train: float | str = 0.0
+    train_attack_steps: int = 0
+
+    def build(self, input_shape: tuple[int, int, int]) -> None:
+        super().build(input_shape)
+        _, h, w = self.input_shape
+        size = min(h, w)
+        self.pseudo = PseudoAnomalies(self.pseudo_anomalies, self.groups, size)
+        k = self.pseudo.groups
+        encoder = resnet_for(size, self.width, tuple(self.blocks), self.weights, self.stem)
+        self.net = ShiftedContrastiveNet(encoder, encoder.feature_dim, self.proj_dim, k)
+        self.low_res = size <= 64
+        # Fixed parameters of the S test views, shared by every image: buffers, so a
+        # checkpoint carries them and scores do not depend on any RNG at test time.
+        gen = torch.Generator().manual_seed(12345)
+        views = sample_light_aug_params(self.test_views, gen, crop=self.low_res, fixed_crop_scale=0.54)
+        self.register_buffer("view_params", views)
+        # Fixed per-group parameters for random pseudo-anomaly transforms (e.g. scar):
+        # the seed of the shared draw, so Υ_k is one fixed function at test time.
+        self.register_buffer("group_seed", torch.tensor(777, dtype=torch.long))
+        self.register_buffer("bank", torch.zeros(0, k, self.proj_dim))
+        self.register_buffer("weight_sim", torch.ones(k))
+        self.register_buffer("weight_group", torch.ones(k))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The bank's size is known only after fit; take it from the checkpoint.
+        key = prefix + "bank"
+        if key in state_dict:
+            self.bank = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- facts recorded with results ------------------------------------------------------
+    def resolved_eps_train(self) -> float:
+        if self.eps_train == "auto":
+            size = min(self.input_shape[1:]) if self.input_shape else 32
+            return 8 / 255 if size <= 64 else 2 / 255
+        return float(self.eps_train)
+
+    def info(self) -> dict[str, Any]:
+        if self.input_shape is None:
+            return {}
+        return {
+            "encoder": self.net.encoder.describe(),
+            "weights": "random init" if self.weights is None else f"local file {self.weights}",
+            "epochs": self.epochs,
+            "eps_train": round(self.resolved_eps_train(), 6),
+            "train_attack_steps": self.train_attack_steps if self.adversarial else 0,
+            "test_views": self.test_views,
+            "pseudo_anomalies": self.pseudo.describe(),
+            "opposite_weight": self.opposite_weight,
+            "train_images_used": int(self.bank.shape[0]),
+        }
+
+    @property
+    def adversarial(self) -> bool:
+        return self.train_attack_steps > 0 and self.resolved_eps_train() > 0
+
+    # -- the score ------------------------------------------------------------------------
+    def group_views(self, x: Tensor) -> Tensor:
+        """The K·S fixed test views of x, (K·S·N,C,H,W), ordered (group, view, image)."""
+        gen = torch.Generator().manual_seed(int(self.group_seed))
+        out = []
+        for k in range(self.pseudo.groups):
+            xk = self.pseudo.apply(x, k, gen, shared=True)
+            for s in range(self.test_views):
+                out.append(apply_light_aug(xk, self.view_params[s : s + 1].expand(len(x), -1)))
+        return torch.cat(out)
+
+    def group_embeddings(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """f_k(x) (N,K,D), the view-mean projection, and the view-mean group logit (N,K)."""
+        n, k, s = len(x), self.pseudo.groups, self.test_views
+        _, z, logits = self.net(self.group_views(x))
+        z = z.view(k, s, n, -1).mean(1).transpose(0, 1)
+        own = logits.view(k, s, n, k).mean(1)  # (K,N,K): group k's views, all logits
+        h = own[torch.arange(k), :, torch.arange(k)].transpose(0, 1)  # H(...)[k] for group k
+        return z, h
+
+    def normality_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per group: max_m ⟨f_k(x), a_{m,k}⟩ and the group logit, each (N,K), unweighted."""
+        z, h = self.group_embeddings(x)
+        sim = torch.einsum("nkd,mkd->nkm", z, self.bank).amax(dim=2)
+        return sim, h
+
+    def score(self, x: Tensor) -> Tensor:
+        """s(x) = −mean_k (w_k · max_m ⟨f_k(x), a_{m,k}⟩ + v_k · H[k]); (N,) for (N,C,H,W) in [0,1]."""
+        sim, h = self.normality_terms(x)
+        return -(sim * self.weight_sim + h * self.weight_group).mean(1)
+
+    @torch.no_grad()
+    def _fit_score_statistics(self, x: Tensor, device: str, batch: int = 256) -> None:
+        """The bank a_{m,k} and the weights w_k, v_k, computed once after training."""
+        self.eval()
+        zs = [self.group_embeddings(x[i : i + batch].to(device))[0] for i in range(0, len(x), batch)]
+        self.bank = F.normalize(torch.cat(zs), dim=2)
+        sims, hs = [], []
+        for i in range(0, len(x), batch):
+            s, h = self.normality_terms(x[i : i + batch].to(device))
+            sims.append(s)
+            hs.append(h)
+        mean_sim, mean_h = torch.cat(sims).mean(0), torch.cat(hs).mean(0)
+        # 1/mean as in CSI; a mean logit near zero would blow the weight up, so floor it.
+        self.weight_sim = 1.0 / mean_sim.clamp(min=1e-6)
+        self.weight_group = 1.0 / torch.where(mean_h.abs() < 1e-3, torch.full_like(mean_h, 1e-3), mean_h)
+
+    # -- training ---------------------------------------------------------------------------
+    def _expand_and_augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """One view of a batch: random flip, the K groups, then light augmentations; (K·B,...)."""
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        xk = self.pseudo.expand(x, gen)
+        params = sample_light_aug_params(len(xk), gen, crop=self.low_res)
+        return apply_light_aug(xk, params)
+
+    def training_attacks(
+        self, v1: Tensor, v2: Tensor, batch: int, gen: torch.Generator, perm: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """A_P (intra-group), A_N (inter-group) and R (group head), network in eval mode.
+
+        ``v1``, ``v2``: two views in the block layout, (K·B,C,H,W) in [0,1]. ``perm``: the
+        group derangement of A_N (drawn from ``gen`` when None). Returns three (K·B,C,H,W)
+        tensors inside the ε_train ball of their starting view.
+        """
+        k = self.pseudo.groups
+        eps, steps, tau = self.resolved_eps_train(), self.train_attack_steps, self.temperature
+        was_training = self.net.training
+        self.net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        try:
+            with torch.no_grad():
+                z1 = self.net(v1)[1]
+                z2 = self.net(v2)[1]
+            idx = torch.arange(k * batch, device=v1.device)
+            group = idx // batch
+            image = idx % batch
+            # A_P: from V1, maximise the loss whose positive is the same (image, group) in V2.
+            a_p = pgd_on_loss(
+                lambda xa: anchored_nt_xent(self.net(xa)[1], z2, idx, tau), v1, eps, steps, gen, +1
+            )
+            # A_N: from V2, minimise the loss whose positive is the same image in another
+            # group of V1 (a derangement of the groups): pulls each sample to its opposite.
+            perm = (group_derangement(k, gen) if perm is None else perm).to(v1.device)
+            target_n = perm[group] * batch + image
+            a_n = pgd_on_loss(
+                lambda xa: anchored_nt_xent(self.net(xa)[1], z1, target_n, tau), v2, eps, steps, gen, -1
+            )
+            # R: from V2, maximise the cross entropy of the group head.
+            r = pgd_on_loss(
+                lambda xa: F.cross_entropy(self.net(xa)[2], group, reduction="none"), v2, eps, steps, gen, +1
+            )
+        finally:
+            for p in self.net.parameters():
+                p.requires_grad_(True)
+            self.net.train(was_training)
+        return a_p, a_n, r
+
+    def training_loss(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """L_COBRA (or CSI's NT-Xent) + L_CLS for one batch (B,C,H,W) in [0,1]."""
+        b, k = len(x), self.pseudo.groups
+        v1 = self._expand_and_augment(x, gen)
+        v2 = self._expand_and_augment(x, gen)
+        group = torch.arange(k, device=x.device).repeat_interleave(b)
+        if self.adversarial:
+            a_p, a_n, r = self.training_attacks(v1, v2, b, gen)
+            _, z, logits = self.net(torch.cat([v1, v2, a_p, a_n, r]))
+            z, logits = z[: 4 * k * b], torch.cat([logits[: 2 * k * b], logits[4 * k * b :]])
+            blocks = 4
+        else:
+            _, z, logits = self.net(torch.cat([v1, v2]))
+            blocks = 2
+        l_con = cobra_loss(z, b, k, blocks, self.temperature, self.opposite_weight)
+        l_cls = F.cross_entropy(logits, group.repeat(len(logits) // len(group)))
+        return l_con + l_cls, {"contrastive": l_con.item(), "group_ce": l_cls.item()}
+
+    def training_subset(self, x: Tensor, seed: int) -> Tensor:
+        """``max_train`` images drawn without replacement (seeded), or all of them."""
+        if self.max_train is None or len(x) <= self.max_train:
+            return x
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: self.max_train]
+        return x[idx.sort().values]
+
+    def fit(self, data, ctx: RunContext | None = None) -> ShiftedContrastiveDetector:
+        ctx = ctx or RunContext()
+        x = self.training_subset(data.train_x, ctx.seed)
+        self.build(tuple(x.shape[1:]))
+        self.to(ctx.device)
+        gen = torch.Generator().manual_seed(ctx.seed)
+        opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        bs = min(self.batch_size, len(x))
+        steps_per_epoch = max(1, len(x) // bs)  # drop the ragged last batch (BatchNorm, fixed layout)
+        total = self.epochs * steps_per_epoch
+        warmup = min(total - 1, int(self.warmup_epochs * steps_per_epoch))
+
+        def lr_at(step: int) -> float:
+            # Linear warm-up, then cosine decay to zero.
+            if step < warmup:
+                return self.lr * (step + 1) / warmup
+            return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        self.loss_history: list[float] = []
+        step = 0
+        for epoch in range(self.epochs):
+            self.net.train()
+            perm = torch.randperm(len(x), generator=gen)
+            running = 0.0
+            for i in range(steps_per_epoch):
+                xb = x[perm[i * bs : (i + 1) * bs]].to(ctx.device)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
+                loss, _ = self.training_loss(xb, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.item()
+                step += 1
+            self.loss_history.append(running / steps_per_epoch)
+            ctx.report(epoch + 1, self.epochs, loss=self.loss_history[-1])
+        self._fit_score_statistics(x, ctx.device)
+        self.eval()
+        return self

@@ -1,0 +1,195 @@
+"""COBRA and CSI: loss index sets and values, training attacks, the score, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import robustad.methods  # noqa: F401  (registration)
+from robustad.datasets import load_dataset
+from robustad.methods.base import RunContext, load_detector_state, save_detector
+from robustad.methods.contrastive import (
+    LOG_FLOOR,
+    cobra_loss,
+    opposite_pairs,
+    positive_mask,
+)
+from robustad.registry import METHODS
+
+TINY = dict(width=4, blocks=(1, 1), proj_dim=8, batch_size=16, lr=0.05, warmup_epochs=0, test_views=2)
+
+
+# -- index sets ------------------------------------------------------------------------------
+def test_positive_and_opposite_index_sets_for_k2():
+    # B = 2 images, K = 2 groups, 2 blocks: row = block·4 + group·2 + image.
+    pos = positive_mask(batch=2, groups=2, blocks=2)
+    expected = {(0, 4), (1, 5), (2, 6), (3, 7)}
+    expected |= {(j, i) for i, j in expected}
+    assert {tuple(p) for p in pos.nonzero().tolist()} == expected
+    assert opposite_pairs(2, 2).tolist() == [[0, 2], [1, 3], [4, 6], [5, 7]]
+
+
+def test_positive_and_opposite_index_sets_for_k4():
+    b, k = 2, 4
+    pos = positive_mask(batch=b, groups=k, blocks=4)
+    n = 4 * k * b
+    assert pos.shape == (n, n)
+    # anchor (block 0, group 3, image 1) = row 7: positives are rows 7 + 8·{1,2,3}
+    assert pos[7].nonzero().flatten().tolist() == [15, 23, 31]
+    assert int(pos.sum()) == n * 3  # three positives each: same (image, group) in the other blocks
+    assert not pos.diagonal().any()
+    pairs = opposite_pairs(b, k)
+    # V1 (rows 0..7) and V2 (rows 8..15): image i with each of its 3 pseudo-anomalies
+    assert pairs.tolist() == [
+        [0, 2], [1, 3], [0, 4], [1, 5], [0, 6], [1, 7],
+        [8, 10], [9, 11], [8, 12], [9, 13], [8, 14], [9, 15],
+    ]  # fmt: skip
+
+
+# -- loss values ---------------------------------------------------------------------------------
+def hand_loss(z: torch.Tensor, batch: int, groups: int, blocks: int, tau: float, lam: float) -> float:
+    """The loss of COBRA.md written out with Python loops."""
+    zs = [[float(v) for v in row] for row in F.normalize(z, dim=1)]
+    n = len(zs)
+    cos = [[sum(a * b for a, b in zip(zs[i], zs[j])) for j in range(n)] for i in range(n)]
+
+    def p(a: int, j: int) -> float:
+        den = sum(math.exp(cos[a][l] / tau) for l in range(n) if l != a)
+        return math.exp(cos[a][j] / tau) / den
+
+    kb = groups * batch
+    pos_terms = []
+    for a in range(n):
+        positives = [j for j in range(n) if j != a and j % kb == a % kb]
+        pos_terms.append(-sum(math.log(p(a, j)) for j in positives) / len(positives))
+    opp_terms = []
+    for blk in range(min(blocks, 2)):
+        for k in range(1, groups):
+            for i in range(batch):
+                x, y = blk * kb + i, blk * kb + k * batch + i
+                opp_terms.append(math.log(p(x, y) + LOG_FLOOR) + math.log(p(y, x) + LOG_FLOOR))
+    return sum(pos_terms) / n + lam * sum(opp_terms) / len(opp_terms)
+
+
+@pytest.mark.parametrize("groups,blocks", [(2, 2), (4, 4), (2, 4)])
+def test_loss_matches_a_hand_computation(groups, blocks):
+    batch = 3
+    z = torch.randn(blocks * groups * batch, 5, generator=torch.Generator().manual_seed(groups + blocks))
+    for lam in (0.0, 1.0, 0.3):
+        got = cobra_loss(z.double(), batch, groups, blocks, temperature=0.5, opposite_weight=lam).item()
+        assert got == pytest.approx(
+            hand_loss(z.double(), batch, groups, blocks, 0.5, lam), rel=1e-9, abs=1e-9
+        )
+
+
+def test_opposite_weight_zero_is_plain_multi_positive_nt_xent():
+    # Multi-positive NT-Xent (SupCon form) with labels = (image, group) identity.
+    batch, groups, blocks, tau = 4, 2, 2, 0.5
+    z = torch.randn(blocks * groups * batch, 6, generator=torch.Generator().manual_seed(0)).double()
+    labels = torch.arange(len(z)) % (groups * batch)
+    zn = F.normalize(z, dim=1)
+    logits = zn @ zn.t() / tau
+    logits.fill_diagonal_(float("-inf"))
+    logp = logits.log_softmax(1)
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(z), dtype=torch.bool)
+    supcon = -(logp.masked_fill(~same, 0).sum(1) / same.sum(1)).mean()
+    assert cobra_loss(z, batch, groups, blocks, tau, opposite_weight=0.0).item() == pytest.approx(
+        supcon.item()
+    )
+    # The opposite term is bounded below: antipodal opposites give p ≈ 0, so each
+    # (pair, direction) contributes log(0 + 1e-8), i.e. 2·log(1e-8) per pair.
+    e = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    opp = cobra_loss(e, 1, 2, 2, 0.01, 1.0) - cobra_loss(e, 1, 2, 2, 0.01, 0.0)
+    assert opp.item() == pytest.approx(2 * math.log(LOG_FLOOR), abs=1e-3)
+
+
+# -- detectors -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", 0)
+
+
+@pytest.fixture(scope="module")
+def fitted_cobra(digits):
+    torch.manual_seed(0)
+    model = METHODS.create("cobra", epochs=2, train_attack_steps=2, **TINY)
+    return model.fit(digits, RunContext(seed=0))
+
+
+def test_inter_group_attack_pulls_toward_opposite_and_intra_group_pushes_from_positive(fitted_cobra, digits):
+    model = fitted_cobra
+    b, k, eps = 16, 4, 16 / 255
+    model.eps_train, model.train_attack_steps = eps, 5
+    gen = torch.Generator().manual_seed(1)
+    x = digits.train_x[:b]
+    v1 = model._expand_and_augment(x, gen)
+    v2 = model._expand_and_augment(x, gen)
+    perm = torch.tensor([1, 2, 3, 0])  # a derangement: group g is pulled toward group perm[g]
+    try:
+        a_p, a_n, _ = model.training_attacks(v1, v2, b, gen, perm=perm)
+    finally:
+        model.eps_train, model.train_attack_steps = "auto", 2
+    model.eval()
+    with torch.no_grad():
+        z = lambda t: F.normalize(model.net(t)[1], dim=1)  # noqa: E731
+        z1, z2 = z(v1), z(v2)
+        rows = torch.arange(k * b)
+        opposite = z1[perm[rows // b] * b + rows % b]  # same image, deranged group, in V1
+        before_opp = (z(v2) * opposite).sum(1).mean()
+        after_opp = (z(a_n) * opposite).sum(1).mean()
+        before_pos = (z(v1) * z2).sum(1).mean()
+        after_pos = (z(a_p) * z2).sum(1).mean()
+    assert after_opp > before_opp + 0.05
+    assert after_pos < before_pos - 0.05
+    assert (a_p - v1).abs().max() <= eps + 1e-6 and (a_n - v2).abs().max() <= eps + 1e-6
+
+
+def test_score_is_independent_of_batch_size_and_order(fitted_cobra, digits):
+    x = digits.test_x[:24]
+    full = fitted_cobra.score(x).detach()
+    chunks = torch.cat([fitted_cobra.score(x[i : i + 5]).detach() for i in range(0, 24, 5)])
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(3))
+    permuted = fitted_cobra.score(x[perm]).detach()
+    assert torch.allclose(full, chunks, atol=1e-5)
+    assert torch.allclose(full[perm], permuted, atol=1e-5)
+    assert full.std() > 0
+
+
+def test_gradients_reach_the_input(fitted_cobra, digits):
+    x = digits.test_x[:6].clone().requires_grad_(True)
+    fitted_cobra.score(x).sum().backward()
+    assert (x.grad.flatten(1).abs().amax(1) > 0).all()
+
+
+def test_score_weights_normalise_training_statistics(fitted_cobra, digits):
+    # w_k, v_k are 1/mean over the training set, so each weighted term has mean 1 there
+    # and the training-set mean score is exactly -2.
+    sim, h = fitted_cobra.normality_terms(digits.train_x)
+    assert torch.allclose((sim * fitted_cobra.weight_sim).mean(0), torch.ones(4), atol=1e-4)
+    assert torch.allclose((h * fitted_cobra.weight_group).mean(0), torch.ones(4), atol=1e-4)
+    assert fitted_cobra.score(digits.train_x).mean().item() == pytest.approx(-2.0, abs=1e-4)
+    assert fitted_cobra.bank.shape == (len(digits.train_x), 4, 8)
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted_cobra, digits, tmp_path):
+    path = tmp_path / "cobra.pt"
+    save_detector(fitted_cobra, path)
+    fresh = METHODS.create("cobra", epochs=2, train_attack_steps=2, **TINY)
+    load_detector_state(fresh, path)
+    x = digits.test_x[:32]
+    assert torch.equal(fresh.score(x), fitted_cobra.score(x))
+    info = fitted_cobra.info()
+    assert info["weights"] == "random init" and info["test_views"] == 2 and info["train_attack_steps"] == 2
+    assert info["eps_train"] == pytest.approx(8 / 255, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["csi", "cobra"])
+def test_short_training_lowers_the_loss(method, digits):
+    torch.manual_seed(0)
+    extra = {"train_attack_steps": 1} if method == "cobra" else {}
+    model = METHODS.create(method, epochs=4, **{**TINY, "lr": 0.1}, **extra)
+    model.fit(digits, RunContext(seed=0))
+    assert model.loss_history[-1] < model.loss_history[0] - 0.05
