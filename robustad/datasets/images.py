@@ -226,7 +226,7 @@ def load_images(
     images = []
     want = mode
     for p in paths:
-        arr = read_image(p, image_size, want)
+        arr = read_image(p, image_size, mode)
         if want == "auto":
             want = "L" if arr.ndim == 2 else "RGB"  # the first image fixes the mode of the set
         elif (arr.ndim == 2) != (want == "L"):
