@@ -37,6 +37,12 @@ def anomaly_square(view: TwoLogitView, norm: str, eps: float, queries: int, p_in
     """AutoAttack's SquareAttack on ``view`` that never lets a sample drop out."""
 
     class AnomalySquare(_square_base()):
+        def random_int(self, low=0, high=1, shape=(1,)):
+            # Upstream draws window corners from [low, high), so with high = h - s the
+            # last row and column are never perturbed (15 of 64 pixels of an 8×8
+            # image); corners are valid up to h - s inclusive.
+            return (low + (high - low + 1) * torch.rand(list(shape), device=self.device)).long()
+
         def margin_and_loss(self, x, y):
             # Margin fixed at +1: "never misclassified", so no sample stops early and
             # no step is accepted just for crossing a threshold.
