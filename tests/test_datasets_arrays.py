@@ -209,3 +209,29 @@ def test_svhn_corrupt_mat_is_named(tmp_path, capsys):
         load_dataset("svhn", 0, str(tmp_path))
     err = cli_error(capsys, "svhn", tmp_path / "elsewhere", tmp_path / "out")
     assert "train_32x32.mat" in err and "--download" in err
+
+
+class _Py2Array:
+    """Pickles like an array from Python 2's numpy: numpy.core path, data as a (latin-1) str."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        a = self.array
+        state = (1, a.shape, a.dtype, False, a.tobytes().decode("latin1"))
+        return (_reconstruct, (np.ndarray, (0,), b"b"), state)
+
+
+def test_cifar_python2_style_pickle_is_read(tmp_path):
+    """The published files name numpy.core.multiarray and hold the pixels as a str."""
+    d = fx.write_cifar10(tmp_path, per_class=(1, 1))
+    x = np.repeat(np.array([fx.pixel_value(k) for k in range(10)], np.uint8)[:, None], 3072, 1)
+    raw = pickle.dumps({"data": _Py2Array(x), "labels": list(range(10))}, protocol=2)
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw
+    (d / "test_batch").write_bytes(raw)
+    data = load_dataset("cifar10", 3, str(tmp_path))
+    check_one_class(data, 3, n_train=1, n_test=10, n_normal=1, chw=(3, 32, 32))
