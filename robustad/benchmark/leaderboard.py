@@ -33,6 +33,12 @@ class Table:
     cells: dict[tuple[str, str, str], tuple[float, float | None]] = field(default_factory=dict)
     mode: str = "both"
     notes: list[str] = field(default_factory=list)
+    #: reliability flags (THREAT_MODEL.md) raised on any run behind a cell
+    flags: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+
+    def flag_text(self, method: str, dataset: str, column: str) -> str:
+        flags = self.flags.get((method, dataset, column))
+        return f" [{', '.join(sorted(flags))}]" if flags else ""
 
     def best(self, dataset: str, column: str) -> float | None:
         vals = [self.cells[(m, dataset, column)][0] for m in self.methods
@@ -66,6 +72,8 @@ def build_table(store: Store, mode: str = "both") -> Table:
     # values[(method, dataset, column)][(class, seed)] = AUROC %
     values: dict[tuple[str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
     attack_columns: dict[str, list[str]] = defaultdict(list)
+    column_keys: dict[tuple[str, str], tuple[str, str, float]] = {}  # → (attack, norm, eps)
+    flags: dict[tuple[str, str, str], set[str]] = {}
     worst: dict[tuple[str, str, str], np.ndarray] = {}  # (fit_id, norm, eps) → best objective
     worst_adv: dict[tuple[str, str, str], np.ndarray] = {}
     for fit in fits.values():
@@ -76,6 +84,10 @@ def build_table(store: Store, mode: str = "both") -> Table:
         col = _column_label(r["attack"], r["norm"], r["eps"], multi)
         if col not in attack_columns[r["dataset"]]:
             attack_columns[r["dataset"]].append(col)
+            column_keys[(r["dataset"], col)] = (r["attack"], r["norm"], r["eps"])
+        run_flags = (r.get("info") or {}).get("flags") or []
+        if run_flags:
+            flags.setdefault((r["method"], r["dataset"], col), set()).update(run_flags)
         s = store.samples(r["job_id"])
         labels, clean, adv = s["labels"], s["clean"], s["adv"]
         attacked = one_sided_scores(clean, adv, labels, mode)
@@ -110,9 +122,9 @@ def build_table(store: Store, mode: str = "both") -> Table:
     columns = []
     for d in datasets:
         columns.append((d, "clean"))
-        cols = sorted(attack_columns[d], key=lambda c: (c.startswith(WORST), c))
+        cols = sorted(attack_columns[d], key=lambda c: _column_order(c, column_keys.get((d, c))))
         columns += [(d, c) for c in cols]
-    table = Table(methods=methods, columns=columns, mode=mode)
+    table = Table(methods=methods, columns=columns, mode=mode, flags=flags)
     for key, per_run in values.items():
         table.cells[key] = _mean_over_classes_then_seeds(per_run)
     n_classes = {d: len({f["normal_class"] for f in fits.values() if f["dataset"] == d})
@@ -124,7 +136,28 @@ def build_table(store: Store, mode: str = "both") -> Table:
         f"AUROC in %, attack mode '{mode}'; a constant detector scores "
         f"{CONSTANT_DETECTOR_AUROC:.1f} under any attack."
     )
+    if flags:
+        table.notes.append(FLAG_NOTE)
     return table
+
+
+#: weakest to strongest, so a row reads as the attack budget grows
+ATTACK_ORDER = ("none", "noise", "fgsm", "pgd", "eot-pgd", "apgd", "square", "aa")
+FLAG_NOTE = (
+    "[flags] raised on at least one run: zero-grad = over 10% of samples had a zero input "
+    "gradient; masking? = Square beat this white-box attack by over 1 point (gradient masking); "
+    "non-monotone = AUROC rose as ε grew in a sweep."
+)
+
+
+def _column_order(label: str, key: tuple[str, str, float] | None) -> tuple:
+    """Attack columns by ATTACK_ORDER (unknown attacks after, by name), then norm and ε;
+    worst-case columns last."""
+    if label.startswith(WORST) or key is None:
+        return (1, 0, label, "", 0.0)
+    attack, norm, eps = key
+    rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+    return (0, rank, attack, norm, eps)
 
 
 def _fmt(cell: tuple[float, float | None] | None) -> str:
@@ -140,6 +173,7 @@ def to_csv(table: Table) -> str:
     header = ["method"]
     for d, c in table.columns:
         header += [f"{d}:{c}", f"{d}:{c}:std"]
+    header.append("flags")
     w.writerow(header)
     for m in table.methods:
         row: list[str] = [m]
@@ -147,6 +181,8 @@ def to_csv(table: Table) -> str:
             cell = table.cells.get((m, d, c))
             row += ["" if cell is None else f"{cell[0]:.2f}",
                     "" if cell is None or cell[1] is None else f"{cell[1]:.2f}"]  # fmt: skip
+        row.append("; ".join(f"{d}:{c}={'|'.join(sorted(table.flags[(m, d, c)]))}"
+                             for d, c in table.columns if table.flags.get((m, d, c))))  # fmt: skip
         w.writerow(row)
     return buf.getvalue()
 
@@ -161,7 +197,7 @@ def to_markdown(table: Table) -> str:
             text = _fmt(table.cells.get((m, d, c)))
             if table.cells.get((m, d, c)) and table.cells[(m, d, c)][0] == table.best(d, c):
                 text = f"**{text}**"
-            cells.append(text)
+            cells.append(text + table.flag_text(m, d, c))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {n}" for n in table.notes]
@@ -193,7 +229,8 @@ def to_latex(table: Table) -> str:
             text = _fmt(cell).replace("±", r"$\pm$").replace("–", "--")
             if cell is not None and cell[0] == table.best(d, c):
                 text = rf"\textbf{{{text}}}"
-            cells.append(text)
+            flag = table.flag_text(m, d, c)
+            cells.append(text + (rf"\,{{\scriptsize{flag}}}" if flag else ""))
         lines.append(_tex_escape(m) + " & " + " & ".join(cells) + r" \\")
     lines.append(r"\midrule")
     lines.append(

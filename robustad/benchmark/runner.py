@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from robustad.attacks.base import objective
-from robustad.benchmark.metrics import attack_metrics, score_metrics
+from robustad.attacks.reliability import cross_job_flags, job_flags
+from robustad.benchmark.metrics import attack_metrics, auroc, score_metrics
 from robustad.benchmark.store import Store
 from robustad.datasets import OneClassData, load_dataset
 from robustad.errors import UserError
@@ -238,6 +239,7 @@ def attack_test_set(
     attack = ATTACKS.create(attack_name, **{**attack_params, "seed": seed})
     detector.eval()
     adv_scores, zero_grad, n = [], 0.0, 0
+    members: dict[str, list[torch.Tensor]] = {}  # aa: per-member adversarial scores
     for i in range(0, len(data.test_x), batch_size):
         xb = data.test_x[i : i + batch_size].to(device)
         yb = data.test_y[i : i + batch_size].to(device)
@@ -246,9 +248,14 @@ def attack_test_set(
         adv_scores.append(detector.score_batched(x_adv, batch_size))
         zero_grad += attack.stats.get("zero_grad_frac", 0.0) * len(xb)
         n += len(xb)
+        for name, scores in getattr(attack, "member_scores", {}).items():
+            members.setdefault(name, []).append(scores)
     info: dict[str, Any] = {}
     if getattr(attack, "white_box", True):
         info["zero_grad_frac"] = zero_grad / max(n, 1)
+    if members:  # for the masking? flag of ensembles such as aa
+        labels = data.test_y.numpy()
+        info["member_auroc"] = {k: auroc(torch.cat(v).numpy(), labels) for k, v in members.items()}
     return torch.cat(adv_scores).numpy().astype(np.float64), info
 
 
@@ -271,10 +278,28 @@ def load_config_dataset(cfg: dict[str, Any], dataset: str, normal_class: int) ->
 
 
 def reliability_flags(info: dict[str, Any]) -> list[str]:
-    flags = []
-    if info.get("zero_grad_frac", 0.0) > ZERO_GRAD_THRESHOLD:
-        flags.append("zero-grad")
-    return flags
+    """Flags of one eval job (zero-grad; masking? inside aa), THREAT_MODEL.md."""
+    return job_flags(info)
+
+
+def store_cross_job_flags(store: Store, fit_id: str) -> None:
+    """Recompute the flags that compare eval jobs of one model (masking?, non-monotone)
+    and store them with each job, so they are part of every result."""
+    rows = store.jobs(kind="eval", status="done", fit_id=fit_id)
+    white_box = {}
+    for r in rows:
+        try:
+            white_box[r["attack"]] = bool(ATTACKS.get(r["attack"]).metadata.get("white_box", True))
+        except UserError:  # an attack from a plug-in that is not loaded now
+            white_box[r["attack"]] = False
+    cross = cross_job_flags(rows, white_box)
+    for r in rows:
+        info = dict(r.get("info") or {})
+        flags = reliability_flags(info) + cross.get(r["job_id"], [])
+        if flags != info.get("flags"):
+            info["flags"] = flags
+            s = store.samples(r["job_id"]) or {}
+            store.put({**r, "info": info}, labels=s.get("labels"), clean=s.get("clean"), adv=s.get("adv"))
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -437,6 +462,8 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
             counts["failed"] += 1
             progress.log(f"FAILED {job.describe()} (traceback stored in {job.job_id})")
         progress.advance(1)
+    if todo:
+        store_cross_job_flags(store, fit.job_id)
 
 
 def iter_eval_objectives(store: Store, job_ids: list[str]) -> Iterator[np.ndarray]:
