@@ -1,4 +1,5 @@
-"""Figures from the store: clean vs attacked AUROC per method, and score histograms.
+"""Figures from the store: clean vs attacked AUROC per method, robustness curves
+(AUROC vs ε), a clean-vs-robust scatter and score histograms.
 
 Every figure is a pure function of stored results; PNG and PDF are written.
 """
@@ -10,11 +11,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
+from collections import defaultdict  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustad.benchmark.leaderboard import CONSTANT_DETECTOR_AUROC, build_table  # noqa: E402
+from robustad.benchmark.leaderboard import CONSTANT_DETECTOR_AUROC, WORST, build_table  # noqa: E402
+from robustad.benchmark.metrics import auroc, one_sided_scores  # noqa: E402
 from robustad.benchmark.store import Store  # noqa: E402
+from robustad.threat import format_eps  # noqa: E402
 
 
 def _save(fig, path: Path) -> list[Path]:
@@ -82,7 +87,124 @@ def plot_score_histograms(store: Store, out: Path) -> list[Path]:
     return paths
 
 
+def robustness_curves(store: Store, mode: str = "both") -> dict:
+    """``{(dataset, norm): {attack: {method: [(ε, mean AUROC %), ...]}}}`` from stored
+    per-sample scores, ε = 0 being the clean AUROC. AUROC is averaged over normal
+    classes and seeds; the per-sample worst case over all attacks appears as the
+    attack ``"worst case"`` when more than one attack was run."""
+    fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
+    evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
+    runs = defaultdict(list)  # (dataset, norm, attack, method, eps) → AUROCs
+    worst: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    n_attacks = defaultdict(set)
+    for r in evals:
+        s = store.samples(r["job_id"])
+        y = s["labels"]
+        attacked = one_sided_scores(s["clean"], s["adv"], y, mode)
+        runs[(r["dataset"], r["norm"], r["attack"], r["method"], r["eps"])].append(100 * auroc(attacked, y))
+        key = (r["fit_id"], r["norm"], r["eps"])
+        n_attacks[key].add(r["attack"])
+        obj = np.where(y == 0, attacked, -attacked)
+        if key not in worst:
+            worst[key] = (obj, attacked, y)
+        else:
+            better = obj > worst[key][0]
+            worst[key] = (np.where(better, obj, worst[key][0]), np.where(better, attacked, worst[key][1]), y)
+    for (fit_id, norm, eps), (_, adv, y) in worst.items():
+        if len(n_attacks[(fit_id, norm, eps)]) > 1:
+            fit = fits[fit_id]
+            runs[(fit["dataset"], norm, WORST, fit["method"], eps)].append(100 * auroc(adv, y))
+    clean = defaultdict(list)
+    for f in fits.values():
+        clean[(f["dataset"], f["method"])].append(100 * f["metrics"]["clean_auroc"])
+    curves: dict = defaultdict(lambda: defaultdict(dict))
+    for (dataset, norm, attack, method, eps), vals in runs.items():
+        curve = curves[(dataset, norm)][attack].setdefault(
+            method, [(0.0, float(np.mean(clean[(dataset, method)])))]
+        )
+        curve.append((float(eps), float(np.mean(vals))))
+    for per_attack in curves.values():
+        for per_method in per_attack.values():
+            for method in per_method:
+                per_method[method] = sorted(per_method[method])
+    return curves
+
+
+def plot_robustness_curves(store: Store, out: Path, mode: str = "both") -> list[Path]:
+    """AUROC vs ε, one panel per attack, one line per method, for each dataset and
+    norm with at least two budgets (ε = 0 is the clean AUROC); the dashed line is
+    the constant detector."""
+    paths = []
+    for (dataset, norm), per_attack in sorted(robustness_curves(store, mode).items()):
+        n_eps = {e for per_method in per_attack.values() for c in per_method.values() for e, _ in c if e > 0}
+        if len(n_eps) < 2:
+            continue  # one budget: the bar chart already shows it
+        attacks = sorted(per_attack, key=lambda a: (a == WORST, a))
+        fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), squeeze=False,
+                                 sharey=True)  # fmt: skip
+        for ax, attack in zip(axes[0], attacks):
+            for method, curve in sorted(per_attack[attack].items()):
+                e, a = zip(*curve)
+                ax.plot(e, a, marker="o", ms=3, label=method)
+            ax.axhline(CONSTANT_DETECTOR_AUROC, color="k", ls="--", lw=1)
+            ax.set_title(attack)
+            ax.set_xlabel(f"ε ({norm})")
+            ticks = sorted(n_eps)
+            ax.set_xticks([0.0, *ticks], ["0", *[format_eps(t) for t in ticks]], rotation=45, fontsize=7)
+            ax.set_ylim(0, 100)
+        axes[0][0].set_ylabel("AUROC (%)")
+        axes[0][-1].legend(fontsize=7, loc="lower left")
+        fig.suptitle(f"{dataset}: robustness curves (mode '{mode}'; dashed: constant detector)")
+        paths += _save(fig, out / f"curves_{dataset}_{norm}")
+    return paths
+
+
+def plot_clean_vs_robust(store: Store, out: Path, mode: str = "both") -> list[Path]:
+    """One point per method and dataset: clean AUROC against robust AUROC (the
+    per-sample worst case over attacks, or the strongest single attack), with the
+    diagonal (no loss) and the constant detector's 50%."""
+    table = build_table(store, mode)
+    points = []  # (label, clean, robust, threat label)
+    for dataset in dict.fromkeys(d for d, _ in table.columns):
+        cols = [c for d, c in table.columns if d == dataset and c != "clean"]
+        worst_cols = [c for c in cols if c.startswith(WORST)]
+        for m in table.methods:
+            clean = table.cells.get((m, dataset, "clean"))
+            if clean is None:
+                continue
+            for col in worst_cols or cols[:0]:
+                if (m, dataset, col) in table.cells:
+                    points.append((f"{m}/{dataset}", clean[0], table.cells[(m, dataset, col)][0], col))
+            if not worst_cols:
+                vals = [(table.cells[(m, dataset, c)][0], c) for c in cols if (m, dataset, c) in table.cells]
+                if vals:
+                    robust, col = min(vals)
+                    points.append((f"{m}/{dataset}", clean[0], robust, col))
+    if not points:
+        return []
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    markers = dict(zip(sorted({p[3] for p in points}), "os^Dv<>ph*"))
+    for label, clean, robust, col in points:
+        ax.scatter(clean, robust, marker=markers.get(col, "o"))
+        ax.annotate(label if len(markers) == 1 else f"{label} ({col})", (clean, robust), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.plot([0, 100], [0, 100], color="grey", lw=1, label="no loss (robust = clean)")
+    ax.axhline(CONSTANT_DETECTOR_AUROC, color="k", ls="--", lw=1, label="constant detector")
+    ax.set_xlim(40, 101)
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("clean AUROC (%)")
+    ax.set_ylabel("robust AUROC (%)")
+    ax.set_title(f"clean vs robust (mode '{mode}')")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out / "clean_vs_robust")
+
+
 def write_plots(store: Store, out: str | Path, mode: str = "both") -> list[Path]:
     out = Path(out) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    return plot_clean_vs_attacked(store, out, mode) + plot_score_histograms(store, out)
+    return (
+        plot_clean_vs_attacked(store, out, mode)
+        + plot_robustness_curves(store, out, mode)
+        + plot_clean_vs_robust(store, out, mode)
+        + plot_score_histograms(store, out)
+    )
