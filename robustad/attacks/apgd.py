@@ -35,7 +35,8 @@ def checkpoints(steps: int) -> list[int]:
         if nxt > 1:
             break
         p.append(nxt)
-    return sorted({math.ceil(pj * steps) for pj in p[1:]} - {0})
+    # round first: 0.22 + 0.19 is 0.41000000000000003 in floats, whose ceil is off by one
+    return sorted({math.ceil(round(pj * steps, 9)) for pj in p[1:]} - {0})
 
 
 @register_attack(
