@@ -13,9 +13,12 @@ import difflib
 import fnmatch
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from robustad.errors import UnknownNameError, UserError
@@ -163,25 +166,19 @@ def list_datasets(pattern: str | list[str] = "*") -> list[str]:
 
 def load_plugin(module: str) -> None:
     """Import a module (or a ``path/to/file.py``) so its ``@register_*`` calls run."""
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            raise UserError(f"plugin file {module} does not exist; give a module name or a .py path")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = mod
+        spec.loader.exec_module(mod)
+        return
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # plugins next to the user's working directory
     try:
-        if module.endswith(".py"):
-            import importlib.util
-            import pathlib
-            import sys
-
-            path = pathlib.Path(module)
-            if not path.is_file():
-                raise UserError(f"plugin file {module} does not exist; give a module or .py path")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = mod
-            spec.loader.exec_module(mod)
-        else:
-            import sys
-
-            if "" not in sys.path and "." not in sys.path:
-                sys.path.insert(0, "")  # plugins next to the user's working directory
-            importlib.import_module(module)
+        importlib.import_module(module)
     except ModuleNotFoundError as exc:
         raise UserError(
             f"plugin module {module!r} could not be imported ({exc}); check the name and "

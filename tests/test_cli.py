@@ -1,0 +1,252 @@
+"""End to end through the ``bench`` command: outputs, resuming, failures, user errors."""
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from robustad.benchmark import runner
+from robustad.benchmark.store import Store
+from robustad.cli import main
+
+TINY = """
+method_params:
+  deepsvdd: {epochs: 3, width: 8}
+attack_params:
+  pgd: {steps: 2}
+"""
+N_JOBS = 2 * (1 + 3)  # 2 classes × (fit + noise, fgsm, pgd)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    return ["run", "--methods", "deepsvdd", "--classes", "0,1", "--config", str(cfg), "--quiet"]
+
+
+def _rows(out):
+    con = sqlite3.connect(out / "bench.sqlite")
+    try:
+        return con.execute("SELECT job_id, kind, status, finished FROM jobs").fetchall()
+    finally:
+        con.close()
+
+
+def test_run_writes_store_leaderboards_and_plots_then_skips(tmp_path, tiny, capsys):
+    out = tmp_path / "res"
+    assert main([*tiny, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert f"jobs: {N_JOBS} run, 0 already in the store, 0 failed" in first
+    for name in ("bench.sqlite", "leaderboard.csv", "leaderboard.md", "leaderboard.tex"):
+        assert (out / name).is_file(), name
+    assert list((out / "plots").glob("*.png"))
+    rows = _rows(out)
+    assert len(rows) == N_JOBS and {r[2] for r in rows} == {"done"}
+
+    # The leaderboard's pgd cell is the mean over the two classes of the stored AUROCs.
+    with Store(out / "bench.sqlite") as store:
+        pgd = [r["metrics"]["adv_auroc"] for r in store.jobs(kind="eval", attack="pgd")]
+        s = store.samples(store.jobs(kind="eval", attack="pgd")[0]["job_id"])
+        assert s["adv"].shape == s["clean"].shape == s["labels"].shape == (899,)
+    with open(out / "leaderboard.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert float(table[0]["digits:pgd"]) == pytest.approx(100 * np.mean(pgd), abs=0.005)
+    assert float(table[0]["digits:pgd"]) <= float(table[0]["digits:clean"])
+
+    # Same command again: no new work, no new rows, nothing rewritten.
+    assert main([*tiny, "--out", str(out)]) == 0
+    assert f"jobs: 0 run, {N_JOBS} already in the store, 0 failed" in capsys.readouterr().out
+    assert _rows(out) == rows
+
+
+def test_same_command_gives_same_metrics(tmp_path, tiny):
+    for name in ("a", "b"):
+        assert main([*tiny, "--out", str(tmp_path / name)]) == 0
+    a = (tmp_path / "a" / "leaderboard.csv").read_text()
+    b = (tmp_path / "b" / "leaderboard.csv").read_text()
+    assert a == b
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path, tiny, monkeypatch, capsys):
+    out = tmp_path / "res"
+    real = runner.attack_test_set
+    calls = {"n": 0}
+
+    def interrupt_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "attack_test_set", interrupt_third)
+    assert main([*tiny, "--out", str(out)]) == 2
+    assert "run the same command again" in capsys.readouterr().err
+    before = {r[0]: r for r in _rows(out)}
+    assert len(before) == 3  # fit of class 0 and two finished attacks
+
+    monkeypatch.setattr(runner, "attack_test_set", real)
+    assert main([*tiny, "--out", str(out)]) == 0
+    after = _rows(out)
+    assert len(after) == N_JOBS == len({r[0] for r in after})
+    for r in after:  # finished jobs were not redone
+        if r[0] in before:
+            assert r == before[r[0]]
+
+
+def test_killed_process_resumes(tmp_path):
+    cfg = tmp_path / "slow.yaml"
+    cfg.write_text(TINY.replace("epochs: 3", "epochs: 40"))
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "robustad", "run", "--methods", "deepsvdd", "--classes", "0,1",
+           "--config", str(cfg), "--out", str(out), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if (out / "bench.sqlite").exists() and len(_rows(out)) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = {r[0]: r for r in _rows(out)}
+    assert 2 <= len(before) < N_JOBS
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = _rows(out)
+    assert len(after) == N_JOBS == len({r[0] for r in after})
+    assert all(before[r[0]] == r for r in after if r[0] in before)
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+FAILING_PLUGIN = """
+import torch
+import robustad as ra
+
+@ra.register_method("brittle")
+class Brittle(ra.Detector):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()), requires_grad=False)
+
+    def fit(self, data, ctx=None):
+        if data.normal_class == 1:
+            raise RuntimeError("cannot fit class one")
+        self.build(tuple(data.train_x.shape[1:]))
+        return self
+
+    def score(self, x):
+        return self.w * x.flatten(1).mean(1)
+"""
+
+
+def test_failed_job_is_stored_with_traceback_and_run_continues(tmp_path, monkeypatch, capsys):
+    (tmp_path / "brittle_plugin.py").write_text(textwrap.dedent(FAILING_PLUGIN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "res"
+    code = main(["run", "--plugin", "brittle_plugin", "--methods", "brittle", "--classes", "0,1,2",
+                 "--attacks", "fgsm", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 1
+    with Store(out / "bench.sqlite") as store:
+        failed = store.jobs(status="failed")
+        assert len(failed) == 1 and failed[0]["normal_class"] == 1
+        assert "cannot fit class one" in failed[0]["error"] and "Traceback" in failed[0]["error"]
+        assert store.count(status="done") == 4  # classes 0 and 2: fit + fgsm each
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "deepsvd"], "unknown method 'deepsvd'. Did you mean 'deepsvdd'"),
+        (["--attacks", "pgd,aa"], "unknown attack"),
+        (["--datasets", "cifar-10"], "unknown dataset"),
+        (["--eps", "0"], "impossible"),
+        (["--eps", "1"], "impossible"),
+        (["--eps=-8/255"], "impossible"),
+        (["--eps", "eight"], "cannot read ε"),
+        (["--classes", "12"], "out of range"),
+        (["--norm", "L3"], "unknown norm"),
+        (["--preset", "huge"], "unknown preset"),
+        (["--device", "cuda:7"], None),
+    ],
+)
+def test_user_errors_exit_2_with_one_message(tmp_path, capsys, args, message):
+    if args[0] == "--device":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        message = "CUDA is not available"
+    code = main(["run", *args, "--out", str(tmp_path / "res"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_config_key_and_bad_value(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path)]) == 2
+    assert "unknown config key(s) epochs" in capsys.readouterr().err
+    bad.write_text("method_params:\n  deepsvdd: {depthh: 2}\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path)]) == 2
+    assert "no parameter(s) depthh" in capsys.readouterr().err
+    assert main(["run", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_missing_and_corrupt_fmnist_files(tmp_path, monkeypatch, capsys):
+    from robustad.datasets import fmnist
+
+    monkeypatch.setattr(fmnist, "DEBIAN_DIR", tmp_path / "nowhere")
+    root = tmp_path / "data"
+    args = ["run", "--datasets", "fmnist", "--data-root", str(root), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST not found" in err and "train-images-idx3-ubyte.gz" in err
+    assert "--download" in err
+
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in fmnist.FILES:
+        (raw / name).write_bytes(b"\x1f\x8b\x08\x00garbage")  # a gzip header, then nothing
+    fmnist._read_all.cache_clear()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and "train-images-idx3-ubyte.gz" in err
+    assert not (tmp_path / "r" / "bench.sqlite").exists() or not _rows(tmp_path / "r")
+
+
+def test_leaderboard_formats_and_list(tmp_path, tiny, capsys):
+    out = tmp_path / "res"
+    assert main(["leaderboard", "--out", str(out)]) == 2  # no store yet
+    assert "no results store" in capsys.readouterr().err
+    assert main([*tiny, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", "--format", "latex", "--out", str(out)]) == 0
+    tex = capsys.readouterr().out
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\textbf{" in tex
+    assert tex == (out / "leaderboard.tex").read_text()
+    assert main(["leaderboard", "--format", "md", "--attack-mode", "normal", "--out", str(out)]) == 0
+    assert "attack mode 'normal'" in capsys.readouterr().out
+    assert main(["plot", "--out", str(out)]) == 0
+    assert ".png" in capsys.readouterr().out
+    assert main(["list", "attacks", "p*"]) == 0
+    assert "pgd" in capsys.readouterr().out
+    assert main(["list", "methods"]) == 0
+    assert "Ruff et al." in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "robustad", "list", "datasets"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ})  # fmt: skip
+    assert res.returncode == 0 and "digits" in res.stdout
