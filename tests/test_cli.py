@@ -166,7 +166,7 @@ def test_failed_job_is_stored_with_traceback_and_run_continues(tmp_path, monkeyp
     "args, message",
     [
         (["--methods", "deepsvd"], "unknown method 'deepsvd'. Did you mean 'deepsvdd'"),
-        (["--attacks", "pgd,aa"], "unknown attack"),
+        (["--attacks", "pgd,pgdd"], "unknown attack 'pgdd'. Did you mean"),
         (["--datasets", "cifar-10"], "unknown dataset"),
         (["--eps", "0"], "impossible"),
         (["--eps", "1"], "impossible"),
