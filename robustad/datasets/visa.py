@@ -66,8 +66,9 @@ def read_split(root: Path, obj: str) -> tuple[list[Path], list[Path], np.ndarray
         label = (row["label"] or "").strip()
         if label not in ("normal", "anomaly"):
             raise UserError(f"{path} line {line}: label {label!r} is neither normal nor anomaly")
-        image = root / row["image"].strip()
-        if not image.is_file():
+        rel = (row["image"] or "").strip()
+        image = root / rel
+        if not rel or not image.is_file():
             raise UserError(f"{image} (named in {path} line {line}) is missing; extract the full VisA tree")
         split = (row["split"] or "").strip()
         if split == "train":
