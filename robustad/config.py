@@ -146,7 +146,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise UserError("the run needs at least one method and one dataset")
 
     classes = cfg.get("classes", "all")
-    if classes != "all":
+    if classes == "all":
+        for d in cfg["datasets"]:
+            meta = DATASETS.get(d).metadata
+            if "num_classes" in meta and meta["num_classes"] is None:  # e.g. imagefolder
+                raise UserError(f"{d} takes its classes from its folders; give --classes as indices")
+    else:
         cfg["classes"] = [_class_index(c, cfg["datasets"]) for c in _as_list(classes, "classes")]
         for d in cfg["datasets"]:
             n = DATASETS.get(d).metadata.get("num_classes")

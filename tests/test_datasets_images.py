@@ -276,6 +276,14 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("imagefolder", 0, str(tmp_path / "none"), image_size=16)
 
 
+def test_imagefolder_needs_explicit_classes_in_a_run(tmp_path, capsys):
+    fx.write_imagefolder(tmp_path / "a", {"ants": 3, "bees": 3})
+    argv = ["run", "--methods", "deepsvdd", "--datasets", "imagefolder", "--data-root", str(tmp_path / "a"),
+            "--classes", "all", "--out", str(tmp_path / "o"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert "give --classes as indices" in capsys.readouterr().err
+
+
 # -- metrics and listing ---------------------------------------------------------------------------
 def test_pixel_auroc_by_hand():
     maps = torch.tensor([[[0.1, 0.4], [0.35, 0.8]]])
