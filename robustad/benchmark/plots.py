@@ -154,7 +154,7 @@ def plot_robustness_curves(store: Store, out: Path, mode: str = "both") -> list[
             ax.set_ylim(0, 100)
         axes[0][0].set_ylabel("AUROC (%)")
         axes[0][-1].legend(fontsize=7, loc="lower left")
-        fig.suptitle(f"{dataset}: robustness curves (mode '{mode}'; dashed: constant detector)")
+        fig.suptitle(f"{dataset}: robustness curves (mode '{mode}'; dashed: constant detector)", y=1.04)
         paths += _save(fig, out / f"curves_{dataset}_{norm}")
     return paths
 
@@ -184,18 +184,19 @@ def plot_clean_vs_robust(store: Store, out: Path, mode: str = "both") -> list[Pa
         return []
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     markers = dict(zip(sorted({p[3] for p in points}), "os^Dv<>ph*"))
-    for label, clean, robust, col in points:
-        ax.scatter(clean, robust, marker=markers.get(col, "o"))
-        ax.annotate(label if len(markers) == 1 else f"{label} ({col})", (clean, robust), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    for col, marker in markers.items():
+        pts = [p for p in points if p[3] == col]
+        ax.scatter([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=col)
+    for label, clean, robust, _ in points:
+        ax.annotate(label, (clean, robust), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.plot([0, 100], [0, 100], color="grey", lw=1, label="no loss (robust = clean)")
     ax.axhline(CONSTANT_DETECTOR_AUROC, color="k", ls="--", lw=1, label="constant detector")
-    ax.set_xlim(40, 101)
+    ax.set_xlim(min(40.0, min(p[1] for p in points) - 5), 101)
     ax.set_ylim(0, 101)
     ax.set_xlabel("clean AUROC (%)")
     ax.set_ylabel("robust AUROC (%)")
     ax.set_title(f"clean vs robust (mode '{mode}')")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6, loc="upper left")
     return _save(fig, out / "clean_vs_robust")
 
 
