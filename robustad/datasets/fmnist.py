@@ -38,6 +38,8 @@ def candidate_dirs(data_root: str | None) -> list[Path]:
         root = Path(data_root).expanduser()
         dirs += [root / "FashionMNIST" / "raw", root, root / "fashion-mnist"]
     dirs.append(DEBIAN_DIR)
+    if not data_root:  # where --download without --data-root puts the files
+        dirs.append(DEFAULT_DOWNLOAD_ROOT / "FashionMNIST" / "raw")
     return dirs
 
 
