@@ -250,3 +250,15 @@ def test_python_dash_m_entry_point():
     res = subprocess.run([sys.executable, "-m", "robustad", "list", "datasets"],
                          capture_output=True, text=True, timeout=120, env={**os.environ})  # fmt: skip
     assert res.returncode == 0 and "digits" in res.stdout
+
+
+def test_data_root_is_part_of_the_fit_identity(tmp_path):
+    from robustad.benchmark.runner import expand_grid
+    from robustad.config import resolve
+
+    base = {"methods": ["deepsvdd"], "classes": [0], "attacks": ["pgd"]}
+    a = expand_grid(resolve("quick", overrides={**base, "data_root": str(tmp_path / "a")}))
+    b = expand_grid(resolve("quick", overrides={**base, "data_root": str(tmp_path / "b")}))
+    none = expand_grid(resolve("quick", overrides=base))
+    ids = {g.fits[0].job_id for g in (a, b, none)}
+    assert len(ids) == 3  # a folder dataset at another root is other data: never reuse its results

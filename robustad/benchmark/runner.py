@@ -114,6 +114,8 @@ class FitJob:
     normal_class: int
     seed: int
     data_params: dict = field(default_factory=dict)
+    # Part of the identity: `folder`/`imagefolder` data *is* whatever lies at the root.
+    data_root: str | None = None
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -123,6 +125,7 @@ class FitJob:
             "params": self.params,
             "dataset": self.dataset,
             "data_params": self.data_params,
+            "data_root": self.data_root,
             "normal_class": self.normal_class,
             "seed": self.seed,
             "fit_version": FIT_VERSION,
@@ -195,13 +198,15 @@ def dataset_eps(cfg: dict[str, Any], dataset: str) -> list[float]:
 def expand_grid(cfg: dict[str, Any]) -> Grid:
     """method × dataset × normal class × seed fit jobs, each with attack × ε eval jobs."""
     grid = Grid()
+    root = cfg.get("data_root")
+    data_root = str(Path(root).expanduser().resolve()) if root else None
     for method in cfg["methods"]:
         mparams = full_params(METHODS, method, cfg["method_params"].get(method, {}))
         for dataset in cfg["datasets"]:
             for c in dataset_classes(dataset, cfg["classes"]):
                 for seed in cfg["seeds"]:
                     dparams = cfg["dataset_params"].get(dataset, {})
-                    fit = FitJob(method, mparams, dataset, int(c), int(seed), dparams)
+                    fit = FitJob(method, mparams, dataset, int(c), int(seed), dparams, data_root)
                     grid.fits.append(fit)
                     evals = []
                     for attack in cfg["attacks"]:
