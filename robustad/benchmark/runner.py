@@ -125,7 +125,8 @@ class FitJob:
             "params": self.params,
             "dataset": self.dataset,
             "data_params": self.data_params,
-            "data_root": self.data_root,
+            # only when given, so runs on the default locations keep their ids
+            **({"data_root": self.data_root} if self.data_root else {}),
             "normal_class": self.normal_class,
             "seed": self.seed,
             "fit_version": FIT_VERSION,
