@@ -72,9 +72,9 @@ def test_non_monotone_sweep_is_flagged_per_attack_and_params():
 
 
 def test_eps_sweep_is_monotone_on_trained_deepsvdd(digits0, trained_svdd):
-    x, y = digits0.test_x[::3], digits0.test_y[::3]
+    x, y = digits0.test_x[::6], digits0.test_y[::6]
     aurocs, rows = [], []
-    for k, eps in enumerate((1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)):
+    for k, eps in enumerate((2 / 255, 4 / 255, 8 / 255, 16 / 255)):
         x_adv = ra.create_attack("pgd", steps=10).perturb(trained_svdd, x, y, ra.ThreatModel("Linf", eps))
         aurocs.append(ra.auroc(trained_svdd.score_batched(x_adv), y))
         rows.append(_row(str(k), "pgd", aurocs[-1], eps))
@@ -86,8 +86,8 @@ def test_eps_sweep_is_monotone_on_trained_deepsvdd(digits0, trained_svdd):
 def test_huge_eps_drives_differentiable_detector_below_5_percent(digits0, trained_svdd):
     # ε = 0.5 in L∞ lets the attacker reach mid-grey from any image and far beyond:
     # every normal can be made more anomalous than every anomaly.
-    x, y = digits0.test_x[::3], digits0.test_y[::3]
-    x_adv = ra.create_attack("pgd", steps=20).perturb(trained_svdd, x, y, ra.ThreatModel("Linf", 0.5))
+    x, y = digits0.test_x[::6], digits0.test_y[::6]
+    x_adv = ra.create_attack("pgd", steps=10).perturb(trained_svdd, x, y, ra.ThreatModel("Linf", 0.5))
     assert ra.auroc(trained_svdd.score_batched(x_adv), y) < 0.05
 
 
