@@ -59,13 +59,17 @@ AUG_COLUMNS = ("flip", "crop_w", "crop_h", "crop_cx", "crop_cy", "bright", "cont
 
 
 def sample_light_aug_params(
-    n: int, generator: torch.Generator, crop: bool, fixed_crop_scale: float | None = None
+    n: int,
+    generator: torch.Generator,
+    crop: bool,
+    fixed_crop_scale: float | None = None,
+    min_crop_scale: float = 0.08,
 ) -> Tensor:
     """Parameters of the light augmentations of COBRA.md, (n, len(AUG_COLUMNS)).
 
     Horizontal flip p 0.5; colour jitter (brightness, contrast, saturation ×[0.6, 1.4],
     hue ±0.1) with p 0.8 (factors 1 and 0 otherwise); greyscale p 0.2; with ``crop``,
-    a random resized crop (area scale 0.08–1, aspect 3/4–4/3), or a square crop of
+    a random resized crop (area scale ``min_crop_scale``–1, aspect 3/4–4/3), or a square crop of
     area ``fixed_crop_scale`` (the test views) at a random place. Crop sizes and
     centres are in normalised [-1,1] image coordinates.
     """
@@ -75,7 +79,7 @@ def sample_light_aug_params(
         if fixed_crop_scale is not None:
             scale, log_ratio = torch.full((n,), float(fixed_crop_scale)), torch.zeros(n)
         else:
-            scale, log_ratio = r(0.08, 1.0), r(math.log(3 / 4), math.log(4 / 3))
+            scale, log_ratio = r(min_crop_scale, 1.0), r(math.log(3 / 4), math.log(4 / 3))
         ratio = log_ratio.exp()
         cw = (scale * ratio).sqrt().clamp(max=1.0)
         ch = (scale / ratio).sqrt().clamp(max=1.0)
@@ -246,6 +250,9 @@ class ShiftedContrastiveDetector(Detector):
         encoder = resnet_for(size, self.width, tuple(self.blocks), self.weights, self.stem)
         self.net = ShiftedContrastiveNet(encoder, encoder.feature_dim, self.proj_dim, k)
         self.low_res = size <= 64
+        # Crop area 0.08–1 as in CSI, but keeping at least 6 px a side: on 8×8 digits an
+        # 8% crop is a 2×2 patch with nothing left to recognise (no effect from 22 px up).
+        self.min_crop_scale = max(0.08, (6 / size) ** 2)
         # Fixed parameters of the S test views, shared by every image: buffers, so a
         # checkpoint carries them and scores do not depend on any RNG at test time.
         gen = torch.Generator().manual_seed(12345)
@@ -334,9 +341,12 @@ class ShiftedContrastiveDetector(Detector):
             sims.append(s)
             hs.append(h)
         mean_sim, mean_h = torch.cat(sims).mean(0), torch.cat(hs).mean(0)
-        # 1/mean as in CSI; a mean logit near zero would blow the weight up, so floor it.
+        # 1/mean as in CSI. A short training run can leave a group's mean logit at or
+        # below zero; 1/mean would then flip the sign of that term (a higher logit of the
+        # right group would read as *less* normal) or blow it up, so the weight is
+        # 1/max(|mean|, 1e-3): identical to CSI's whenever the mean logit is positive.
         self.weight_sim = 1.0 / mean_sim.clamp(min=1e-6)
-        self.weight_group = 1.0 / torch.where(mean_h.abs() < 1e-3, torch.full_like(mean_h, 1e-3), mean_h)
+        self.weight_group = 1.0 / mean_h.abs().clamp(min=1e-3)
 
     # -- training ---------------------------------------------------------------------------
     def _expand_and_augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -344,7 +354,7 @@ class ShiftedContrastiveDetector(Detector):
         flip = torch.rand(len(x), generator=gen) < 0.5
         x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
         xk = self.pseudo.expand(x, gen)
-        params = sample_light_aug_params(len(xk), gen, crop=self.low_res)
+        params = sample_light_aug_params(len(xk), gen, crop=self.low_res, min_crop_scale=self.min_crop_scale)
         return apply_light_aug(xk, params)
 
     def training_attacks(
