@@ -37,7 +37,8 @@ def test_obfuscated_gradients_defeat_white_box_but_not_square(obfuscated_results
     r = obfuscated_results
     # Zero gradient: PGD and APGD only gain what their random start happens to give
     # (stated: within 3 points of clean); Square, gradient-free, takes the detector
-    # far down (stated: at least 20 points below clean; measured clean 83, square ~40).
+    # far down (stated: at least 20 points below clean; measured: clean 88.4, PGD and
+    # APGD 87.4, Square 59.7).
     assert 0.6 < r["clean"] < 0.95
     for white in ("pgd", "apgd"):
         assert r[white] > r["clean"] - 0.03
