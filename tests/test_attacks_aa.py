@@ -103,23 +103,33 @@ def test_aa_is_deterministic_and_leaves_global_rng_alone():
     assert torch.equal(a, b)
 
 
-def test_aa_end_to_end_through_the_cli(tmp_path):
+def test_aa_end_to_end_through_the_cli(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
         "method_params": {"deepsvdd": {"epochs": 2}},
-        "attack_params": {"aa": {"apgd_steps": 3, "square_queries": 10}},
+        "attack_params": {"aa": {"apgd_steps": 3, "square_queries": 10}, "pgd": {"steps": 3}},
     }))  # fmt: skip
     out = tmp_path / "res"
     argv = ["run", "--methods", "deepsvdd", "--datasets", "digits", "--classes", "1",
-            "--attacks", "aa", "--config", str(cfg), "--out", str(out), "--quiet"]  # fmt: skip
+            "--attacks", "pgd,aa", "--eps", "4/255,8/255", "--config", str(cfg), "--out", str(out),
+            "--quiet"]  # fmt: skip
     assert main(argv) == 0
     with Store(out / "bench.sqlite") as store:
-        (row,) = store.jobs(kind="eval")
-        assert row["status"] == "done" and row["attack"] == "aa"
-        m = row["metrics"]
-        assert m["adv_auroc"] <= m["clean_auroc"]
-        members = row["info"]["member_auroc"]
-        assert set(members) == {"apgd-ad", "apgd-ce", "square"}
-        assert m["adv_auroc"] <= min(members.values()) + 1e-12
-        assert row["config"]["params"]["apgd_steps"] == 3
-    assert "aa" in (out / "leaderboard.md").read_text()
+        rows = store.jobs(kind="eval")
+        assert sorted((r["attack"], round(r["eps"] * 255)) for r in rows) == [
+            ("aa", 4), ("aa", 8), ("pgd", 4), ("pgd", 8)]  # fmt: skip
+        for row in rows:
+            assert row["status"] == "done" and isinstance(row["info"]["flags"], list)
+            assert row["metrics"]["adv_auroc"] <= row["metrics"]["clean_auroc"]
+            if row["attack"] == "aa":
+                members = row["info"]["member_auroc"]
+                assert set(members) == {"apgd-ad", "apgd-ce", "square"}
+                assert row["metrics"]["adv_auroc"] <= min(members.values()) + 1e-12
+                assert row["config"]["params"]["apgd_steps"] == 3
+    board = (out / "leaderboard.md").read_text()
+    assert "aa Linf 8/255" in board and "worst case Linf 4/255" in board
+    assert (out / "plots" / "curves_digits_Linf.png").is_file()
+    assert (out / "plots" / "clean_vs_robust.png").is_file()
+    capsys.readouterr()
+    assert main(["leaderboard", "--out", str(out), "--attack-mode", "normal"]) == 0
+    assert "attack mode 'normal'" in capsys.readouterr().out
