@@ -158,6 +158,15 @@ def test_score_is_independent_of_batch_size_and_order(fitted_cobra, digits):
     assert full.std() > 0
 
 
+def test_surrogate_score_is_within_its_bound_of_the_score(fitted_cobra, digits):
+    x = digits.test_x[:16]
+    tau, m = 0.05, len(fitted_cobra.bank)
+    z, _ = fitted_cobra.group_embeddings(x)
+    bound = (z.norm(dim=2) * fitted_cobra.weight_sim).mean(1) * tau * math.log(m)
+    gap = (fitted_cobra.score(x) - fitted_cobra.surrogate_score(x, tau)).detach()
+    assert (gap >= -1e-5).all() and (gap <= bound.detach() + 1e-5).all()
+
+
 def test_gradients_reach_the_input(fitted_cobra, digits):
     x = digits.test_x[:6].clone().requires_grad_(True)
     fitted_cobra.score(x).sum().backward()

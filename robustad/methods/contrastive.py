@@ -329,6 +329,19 @@ class ShiftedContrastiveDetector(Detector):
         sim, h = self.normality_terms(x)
         return -(sim * self.weight_sim + h * self.weight_group).mean(1)
 
+    def surrogate_score(self, x: Tensor, temperature: float = 0.05) -> Tensor:
+        """A smooth stand-in for :meth:`score` for adaptive attacks; (N,).
+
+        The max over the bank passes gradient through the current nearest neighbour
+        only; here ‖f_k‖ · τ·logsumexp_m(cos/τ) replaces ‖f_k‖ · max_m cos, which
+        overestimates it by at most ‖f_k‖ · τ·log M.
+        """
+        z, h = self.group_embeddings(x)
+        norm = z.norm(dim=2)
+        cos = torch.einsum("nkd,mkd->nkm", F.normalize(z, dim=2), self.bank)
+        sim = norm * temperature * torch.logsumexp(cos / temperature, dim=2)
+        return -(sim * self.weight_sim + h * self.weight_group).mean(1)
+
     @torch.no_grad()
     def _fit_score_statistics(self, x: Tensor, device: str, batch: int = 256) -> None:
         """The bank a_{m,k} and the weights w_k, v_k, computed once after training."""
