@@ -21,7 +21,10 @@ from robustad.benchmark.store import Store
 
 #: COBRA.md, "Published numbers", Fashion-MNIST row: (clean, PGD-1000) AUROC %
 PAPER_FMNIST = {"deepsvdd": (94.5, 7.9), "csi": (92.7, 5.8), "cobra": (93.1, 89.6)}
-SETTINGS = ("encoder", "epochs", "eps_train", "train_attack_steps", "test_views", "train_images_used")
+SETTINGS = (
+    "encoder", "epochs", "eps_train", "train_attack_steps", "opposite_weight", "test_views",
+    "train_images_used",
+)  # fmt: skip
 
 
 def comparison(store: Store, dataset: str = "fmnist", attack: str = "pgd") -> str:
@@ -90,6 +93,7 @@ def comparison(store: Store, dataset: str = "fmnist", attack: str = "pgd") -> st
             values = [
                 f"LeNet-style conv (width {params.get('width')}, depth {params.get('depth')})",
                 str(params.get("epochs")),
+                "–",
                 "–",
                 "–",
                 "1",
