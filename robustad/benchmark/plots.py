@@ -81,7 +81,8 @@ def plot_score_histograms(store: Store, out: Path) -> list[Path]:
         fig.suptitle(
             f"{method} on {dataset}, normal class {first_class}: AUROC "
             f"{100 * strongest['metrics']['clean_auroc']:.1f} → "
-            f"{100 * strongest['metrics']['adv_auroc']:.1f}"
+            f"{100 * strongest['metrics']['adv_auroc']:.1f}",
+            y=1.04,  # clear of the panel titles
         )
         paths += _save(fig, out / f"scores_{method}_{dataset}")
     return paths
