@@ -111,8 +111,11 @@ def test_killed_process_resumes(tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if (out / "bench.sqlite").exists() and len(_rows(out)) >= 2:
-                break
+            try:
+                if (out / "bench.sqlite").exists() and len(_rows(out)) >= 2:
+                    break
+            except sqlite3.OperationalError:  # the child has created the file, not yet the schema
+                pass
             time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
     finally:
