@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustad.attacks.base import objective
 from robustad.attacks.reliability import cross_job_flags, job_flags
 from robustad.benchmark.metrics import attack_metrics, auroc, score_metrics
 from robustad.benchmark.store import Store
@@ -41,7 +39,6 @@ from robustad.threat import ThreatModel, default_eps
 
 # Bump when a change to training code must invalidate cached checkpoints.
 FIT_VERSION = 1
-ZERO_GRAD_THRESHOLD = 0.10  # THREAT_MODEL.md: flag when >10% of samples had zero gradient
 
 
 # -- reproducibility and provenance ----------------------------------------------
@@ -470,13 +467,6 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
         progress.advance(1)
     if todo:
         store_cross_job_flags(store, fit.job_id)
-
-
-def iter_eval_objectives(store: Store, job_ids: list[str]) -> Iterator[np.ndarray]:
-    """Per-sample attacker objectives d·s of stored adversarial scores (for worst cases)."""
-    for jid in job_ids:
-        s = store.samples(jid)
-        yield objective(torch.from_numpy(s["adv"]), torch.from_numpy(s["labels"])).numpy()
 
 
 def benchmark(
