@@ -19,7 +19,8 @@ Keys:
   download      allow downloading missing datasets
   method_params {method: {param: value}} constructor parameters
   attack_params {attack: {param: value}} constructor parameters
-  dataset_params {dataset: {param: value}} loader parameters (e.g. image_size)
+  dataset_params {dataset: {param: value}} loader parameters (e.g. image_size), and
+                 test_subset (any dataset): a seeded, balanced subset of N test images
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                 continue  # parameters for a plug-in that is not loaded in this run
             entry = registry.get(name)
             valid = entry.parameters()
+            if key == "dataset_params":
+                valid = {**valid, "test_subset": None}  # taken by load_dataset for every dataset
             bad = sorted(set(p or {}) - set(valid))
             if bad and not entry.accepts_any_keyword():
                 raise UserError(

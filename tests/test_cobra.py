@@ -204,3 +204,25 @@ def test_short_training_lowers_the_loss(method, digits):
     model = METHODS.create(method, epochs=4, **{**TINY, "lr": 0.1}, **extra)
     model.fit(digits, RunContext(seed=0))
     assert model.loss_history[-1] < model.loss_history[0] - 0.05
+
+
+def test_test_views_are_fixed_and_one_view_is_the_unaugmented_centre_crop():
+    from robustad.methods.contrastive import apply_light_aug
+
+    one = METHODS.create("csi", **{**TINY, "test_views": 1, "test_crop_scale": 1.0})
+    one.build((1, 28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    # S = 1 with crop area 1: the view is the image itself (no flip, jitter or crop).
+    assert torch.equal(apply_light_aug(x, one.view_params.expand(3, -1)), x)
+    centred = METHODS.create("csi", **{**TINY, "test_views": 1})  # default area 0.54
+    centred.build((1, 28, 28))
+    row = centred.view_params[0]
+    assert row[1].item() == pytest.approx(math.sqrt(0.54)) and row[3:5].abs().max() == 0
+    assert row[0] == 0 and torch.equal(row[5:], torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]))
+    # S > 1: drawn once from a fixed seed, so two builds agree and the crop area is 0.54.
+    a = METHODS.create("csi", **{**TINY, "test_views": 4})
+    b = METHODS.create("csi", **{**TINY, "test_views": 4})
+    a.build((1, 28, 28))
+    b.build((1, 28, 28))
+    assert torch.equal(a.view_params, b.view_params)
+    assert torch.allclose(a.view_params[:, 1] * a.view_params[:, 2], torch.full((4,), 0.54))

@@ -235,3 +235,21 @@ def test_cifar_python2_style_pickle_is_read(tmp_path):
     (d / "test_batch").write_bytes(raw)
     data = load_dataset("cifar10", 3, str(tmp_path))
     check_one_class(data, 3, n_train=1, n_test=10, n_normal=1, chw=(3, 32, 32))
+
+
+def test_test_subset_is_balanced_seeded_and_leaves_training_alone():
+    full = load_dataset("digits", 3)
+    sub = load_dataset("digits", 3, test_subset=60)
+    again = load_dataset("digits", 3, test_subset=60)
+    assert len(sub.test_y) == 60 and int(sub.test_y.sum()) == 30
+    assert torch.equal(sub.test_x, again.test_x) and torch.equal(sub.train_x, full.train_x)
+    # every kept image is a test image of the full split with its own label
+    rows = {tuple(r.flatten().tolist()): int(lbl) for r, lbl in zip(full.test_x, full.test_y)}
+    assert all(rows[tuple(r.flatten().tolist())] == int(lbl) for r, lbl in zip(sub.test_x, sub.test_y))
+    # fewer normals than n/2: all of them are kept and anomalies fill the rest
+    n_normal = int((full.test_y == 0).sum())
+    big = load_dataset("digits", 3, test_subset=2 * n_normal + 20)
+    assert int((big.test_y == 0).sum()) == n_normal and len(big.test_y) == 2 * n_normal + 20
+    assert load_dataset("digits", 3, test_subset=10**6).test_x.shape == full.test_x.shape
+    with pytest.raises(UserError, match="test_subset"):
+        load_dataset("digits", 3, test_subset=0)

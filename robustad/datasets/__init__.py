@@ -11,6 +11,7 @@ from robustad.datasets import (  # noqa: F401  (registration)
     visa,
 )
 from robustad.datasets.base import OneClassData, class_index
+from robustad.datasets.base import test_subset as test_subset_of
 from robustad.errors import UserError
 from robustad.registry import DATASETS
 
@@ -20,12 +21,15 @@ def load_dataset(
     normal_class: int | str = 0,
     data_root: str | None = None,
     download: bool = False,
+    test_subset: int | None = None,
     **params,
 ) -> OneClassData:
     """Load one normal class of a registered dataset (see DATASETS.md).
 
     ``normal_class`` is an index or one of the dataset's class names (``"bottle"``).
     ``params`` go to the dataset's loader (e.g. ``image_size`` for resized datasets).
+    ``test_subset``: keep a seeded, balanced subset of that many test images (any
+    dataset; see :func:`robustad.datasets.base.test_subset`).
     """
     entry = DATASETS.get(name)
     if entry.metadata.get("class_names"):
@@ -40,7 +44,8 @@ def load_dataset(
                 f"dataset {entry.name!r} has no parameter(s) {', '.join(bad)}; "
                 f"valid: {', '.join(entry.parameters())}"
             )
-    return entry.factory(normal_class=normal_class, data_root=data_root, download=download, **params)
+    data = entry.factory(normal_class=normal_class, data_root=data_root, download=download, **params)
+    return data if test_subset is None else test_subset_of(data, test_subset)
 
 
 __all__ = ["OneClassData", "load_dataset"]

@@ -75,6 +75,43 @@ def one_class_split(
     )
 
 
+def test_subset(data: OneClassData, n: int, seed: int = 0) -> OneClassData:
+    """A seeded test subset of ``n`` images, half normal and half anomalous.
+
+    For CPU measurements where attacking the whole test split does not fit (e.g.
+    Fashion-MNIST: 10,000 images × K groups × attack steps). Balanced rather than
+    proportional because AUROC's variance is smallest with equal classes; anomalies are
+    drawn uniformly from all anomalous images. When one side has fewer than n/2
+    images the other side fills the rest. The training split is untouched.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise UserError(f"test_subset must be an integer of at least 2 (got {n!r})")
+    if n >= len(data.test_y):
+        return data
+    g = torch.Generator().manual_seed(seed)
+    normal = torch.nonzero(data.test_y == 0).squeeze(1)
+    anomalous = torch.nonzero(data.test_y == 1).squeeze(1)
+    n_normal = min(len(normal), max(n // 2, n - len(anomalous)))
+    idx = torch.cat(
+        [
+            normal[torch.randperm(len(normal), generator=g)[:n_normal]],
+            anomalous[torch.randperm(len(anomalous), generator=g)[: n - n_normal]],
+        ]
+    )
+    idx = idx.sort().values
+    info = {**data.info, "test_subset": f"{n} of {len(data.test_y)} test images, seed {seed}"}
+    return OneClassData(
+        name=data.name,
+        normal_class=data.normal_class,
+        train_x=data.train_x,
+        test_x=data.test_x[idx],
+        test_y=data.test_y[idx],
+        test_masks=None if data.test_masks is None else data.test_masks[idx],
+        class_name=data.class_name,
+        info=info,
+    )
+
+
 def to_float_nchw(images: np.ndarray) -> Tensor:
     """uint8 (N,H,W[,C]) → float32 (N,C,H,W) in [0,1]; float arrays are taken as NCHW."""
     arr = np.asarray(images)

@@ -43,6 +43,7 @@ class COBRA(ShiftedContrastiveDetector):
         weight_decay: float = 1e-6,
         temperature: float = 0.5,
         test_views: int = 10,
+        test_crop_scale: float = 0.54,
         max_train: int | None = None,
         opposite_weight: float = 1.0,
         eps_train: float | str = "auto",

@@ -26,7 +26,8 @@ class CSI(ShiftedContrastiveDetector):
     """Parameters: encoder ``width``/``blocks``/``stem`` (``weights``: None = random init,
     or a local state_dict file), ``proj_dim``, pseudo-anomaly ``pseudo_anomalies``
     (``"auto"`` or names) and ``groups`` (K, None = default), training schedule, the
-    NT-Xent ``temperature``, the number of fixed ``test_views`` S, and ``max_train``
+    NT-Xent ``temperature``, the number of fixed ``test_views`` S and the
+    area of their crop ``test_crop_scale`` (low resolution only), and ``max_train``
     (a seeded subset of the training images; None = all)."""
 
     def __init__(
@@ -45,6 +46,7 @@ class CSI(ShiftedContrastiveDetector):
         weight_decay: float = 1e-6,
         temperature: float = 0.5,
         test_views: int = 10,
+        test_crop_scale: float = 0.54,
         max_train: int | None = None,
     ):
         super().__init__()
