@@ -80,16 +80,8 @@ def main() -> None:
             clean = 100 * ra.auroc(model.score_batched(x), y)
             x_adv = ra.create_attack("pgd", steps=args.steps).perturb(model, x, y, threat)
             adv = 100 * ra.auroc(model.score_batched(x_adv), y)
-            rows.append(
-                [
-                    cfg["method"],
-                    cfg["normal_class"],
-                    term,
-                    f"pgd-{args.steps}",
-                    round(clean, 1),
-                    round(adv, 1),
-                ]
-            )
+            head = [cfg["method"], cfg["normal_class"], term]
+            rows.append([*head, f"pgd-{args.steps}", round(clean, 1), round(adv, 1)])
             print(*rows[-1], flush=True)
             for label, name, params in extra if args.check_attacks and term == "full" else []:
                 x_adv = ra.create_attack(name, **params).perturb(det, x, y, threat)
