@@ -265,3 +265,28 @@ def test_data_root_is_part_of_the_fit_identity(tmp_path):
     none = expand_grid(resolve("quick", overrides=base))
     ids = {g.fits[0].job_id for g in (a, b, none)}
     assert len(ids) == 3  # a folder dataset at another root is other data: never reuse its results
+
+
+@pytest.mark.parametrize("preset", ["quick", "standard", "paper", "fmnist"])
+def test_every_preset_resolves_with_valid_parameters(preset):
+    from robustad.config import resolve
+
+    cfg = resolve(preset)
+    assert cfg["preset"] == preset and cfg["methods"]
+
+
+def test_test_subset_is_a_dataset_parameter_of_every_dataset(tmp_path, capsys):
+    from robustad.config import resolve
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("dataset_params:\n  digits: {test_subset: 40}\n  fmnist: {test_subset: 2000}\n")
+    assert resolve("quick", str(cfg_file))["dataset_params"]["digits"] == {"test_subset": 40}
+    out = tmp_path / "run"
+    args = ["run", "--methods", "deepsvdd", "--classes", "0", "--attacks", "fgsm", "--out", str(out)]
+    assert main([*args, "--config", str(cfg_file)]) == 0
+    with Store(out / "bench.sqlite") as store:
+        (evaluation,) = store.jobs(kind="eval")
+        assert len(store.samples(evaluation["job_id"])["labels"]) == 40
+    cfg_file.write_text("dataset_params:\n  digits: {test_subset: 1}\n")
+    assert main([*args, "--config", str(cfg_file)]) == 2
+    assert "test_subset must be an integer of at least 2" in capsys.readouterr().err
