@@ -16,6 +16,7 @@ import torch
 import robustad as ra
 from robustad.benchmark.runner import seed_everything
 from robustad.config import resolve
+from robustad.datasets.base import test_subset
 from robustad.methods.base import load_detector_state, save_detector
 
 CACHE = Path.home() / ".cache" / "robustad" / "bench-checkpoints"
@@ -42,17 +43,12 @@ def trained_deepsvdd(dataset: str, normal_class: int, epochs: int | None = None,
 
 
 def balanced_subset(data, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to n test samples, half normal and half anomalous (all of them if n is None)."""
-    x, y = data.test_x, data.test_y
-    if n is None or n >= len(y):
-        return x, y
-    g = torch.Generator().manual_seed(seed)
-    idx = []
-    for label in (0, 1):
-        pool = torch.nonzero(y == label).squeeze(1)
-        idx.append(pool[torch.randperm(len(pool), generator=g)[: n // 2]])
-    idx = torch.cat(idx).sort().values
-    return x[idx], y[idx]
+    """Up to n test samples, half normal and half anomalous (all of them if n is None):
+    the ``test_subset`` dataset parameter's selection."""
+    if n is None:
+        return data.test_x, data.test_y
+    sub = test_subset(data, n, seed)
+    return sub.test_x, sub.test_y
 
 
 def timed(fn, *args, **kwargs):
