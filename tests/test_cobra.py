@@ -227,3 +227,10 @@ def test_test_views_are_fixed_and_one_view_is_the_unaugmented_centre_crop():
     b.build((1, 28, 28))
     assert torch.equal(a.view_params, b.view_params)
     assert torch.allclose(a.view_params[:, 1] * a.view_params[:, 2], torch.full((4,), 0.54))
+
+
+def test_impossible_test_crop_scale_is_a_user_error():
+    from robustad.errors import UserError
+
+    with pytest.raises(UserError, match="test_crop_scale"):
+        METHODS.create("csi", **{**TINY, "test_crop_scale": 1.5}).build((1, 28, 28))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustad.attacks.base import ascent_direction, project, random_start
+from robustad.errors import UserError
 from robustad.methods.base import Detector, RunContext
 from robustad.methods.encoders import resnet_for
 from robustad.methods.pseudo_anomalies import PseudoAnomalies, colour_jitter, grey
@@ -268,11 +269,13 @@ class ShiftedContrastiveDetector(Detector):
 
         S > 1: light augmentations drawn once from a fixed seed, with a square crop of
         area ``test_crop_scale`` (0.54 in CSI and COBRA) at low resolution. S = 1 (CPU
-        presets): the view *is* the expectation of that draw, the centred crop with no
-        flip, jitter or greyscale. One random draw is a noisy stand-in for the view mean
-        the score is defined by (the draw of seed 12345 darkens every image to 0.67
-        brightness and 0.74 contrast and crops off-centre; see results/README.md).
+        presets): the central view of that distribution, the centred crop with no flip,
+        jitter (factors 1) or greyscale. One random draw is a noisy stand-in for the
+        view mean the score is defined by (the draw of seed 12345 darkens every image to
+        0.67 brightness and 0.74 contrast and crops off-centre; see results/README.md).
         """
+        if not 0 < self.test_crop_scale <= 1:
+            raise UserError(f"test_crop_scale must be in (0, 1], got {self.test_crop_scale!r}")
         scale = self.test_crop_scale if self.low_res else None
         if self.test_views == 1:
             side = math.sqrt(scale) if scale is not None else 1.0
