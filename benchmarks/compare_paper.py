@@ -16,7 +16,6 @@ import argparse
 import json
 from collections import defaultdict
 
-from robustad.benchmark.metrics import auroc, one_sided_scores
 from robustad.benchmark.store import Store
 
 #: COBRA.md, "Published numbers", Fashion-MNIST row: (clean, PGD-1000) AUROC %
@@ -25,11 +24,6 @@ SETTINGS = (
     "encoder", "epochs", "eps_train", "train_attack_steps", "opposite_weight", "test_views",
     "test_crop_scale", "train_images_used",
 )  # fmt: skip
-
-
-def _per_sample_auroc(store: Store, job_id: str) -> float:
-    s = store.samples(job_id)
-    return 100 * auroc(one_sided_scores(s["clean"], s["adv"], s["labels"], "both"), s["labels"])
 
 
 def model_name(fit: dict) -> str:
@@ -48,7 +42,7 @@ def comparison(stores: list[Store], dataset: str = "fmnist", attacks: tuple[str,
     Several stores (e.g. a COBRA variant run into its own folder) are read together;
     a COBRA model with λ_opp ≠ 1 gets its own row.
     """
-    fits, evals, store_of = [], [], {}
+    fits, evals = [], []
     for store in stores:
         for f in store.jobs(kind="fit", status="done"):
             if f["dataset"] == dataset:
@@ -59,7 +53,6 @@ def comparison(stores: list[Store], dataset: str = "fmnist", attacks: tuple[str,
             if e["dataset"] == dataset and e["fit_id"] in names:
                 e["method"] = names[e["fit_id"]]
                 evals.append(e)
-                store_of[e["job_id"]] = store
     attacks = tuple(a for a in attacks if any(e["attack"] == a for e in evals))
     methods = [m for m in PAPER_FMNIST if any(f["method"] == m for f in fits)]
     methods += sorted({f["method"] for f in fits} - set(methods))
@@ -78,7 +71,7 @@ def comparison(stores: list[Store], dataset: str = "fmnist", attacks: tuple[str,
     for e in evals:
         if e["attack"] in attacks:
             key = (e["method"], e["normal_class"])
-            per_class[key][e["attack"]] = _per_sample_auroc(store_of[e["job_id"]], e["job_id"])
+            per_class[key][e["attack"]] = 100 * e["metrics"]["adv_auroc"]  # both sides attacked
             per_class[key][e["attack"] + "_s"] = e["duration"]
 
     def mean(m: str, k: str) -> float | None:

@@ -24,29 +24,22 @@ from attack_common import balanced_subset, print_table
 
 import robustad as ra
 from robustad.benchmark.store import Store
-from robustad.methods.base import load_detector_state
+from robustad.methods.base import Detector, load_detector_state
 
 
-class ScoreTerm(torch.nn.Module):
-    """One term of a ShiftedContrastiveDetector's score, as a detector of its own."""
-
-    differentiable, stochastic = True, False
+class ScoreTerm(Detector):
+    """One term of a ShiftedContrastiveDetector's score (or all of it), as a detector."""
 
     def __init__(self, detector, term: str):
         super().__init__()
         self.detector, self.term = detector, term
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        sim, h = self.detector.normality_terms(x)
         d = self.detector
-        value = {"similarity": sim * d.weight_sim, "group head": h * d.weight_group, "full": None}[self.term]
-        return d.score(x) if value is None else -value.mean(1)
-
-    forward = score
-
-    def score_batched(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self.score(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        sim, h = d.normality_terms(x)
+        sim, h = sim * d.weight_sim, h * d.weight_group
+        # "full" is the detector's own score formula, on the same terms
+        return -{"similarity": sim, "group head": h, "full": sim + h}[self.term].mean(1)
 
 
 def main() -> None:
