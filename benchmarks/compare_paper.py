@@ -16,6 +16,7 @@ import argparse
 import json
 from collections import defaultdict
 
+from robustad.benchmark.leaderboard import current_fits
 from robustad.benchmark.store import Store
 
 #: COBRA.md, "Published numbers", Fashion-MNIST row: (clean, PGD-1000) AUROC %
@@ -44,7 +45,7 @@ def comparison(stores: list[Store], dataset: str = "fmnist", attacks: tuple[str,
     """
     fits, evals = [], []
     for store in stores:
-        for f in store.jobs(kind="fit", status="done"):
+        for f in current_fits(store).values():
             if f["dataset"] == dataset:
                 f["method"] = model_name(f)
                 fits.append(f)

@@ -110,3 +110,20 @@ def test_leaderboard_shows_stored_flags(tmp_path):
     assert to_csv(table).splitlines()[1].endswith("digits:pgd=masking?|zero-grad")
     # columns: clean, then attacks weakest to strongest, then the worst case
     assert [c for _, c in table.columns] == ["clean", "pgd", "square", "worst case"]
+
+
+def test_leaderboard_leaves_out_models_from_an_older_fit_version(tmp_path):
+    # Two COBRA fits of the same class and seed: one made before COBRA's loss change
+    # (no method_version in its spec, i.e. 1), one after (2). Only the new one counts.
+    labels = np.array([0, 0, 1, 1])
+    with Store(tmp_path / "bench.sqlite") as store:
+        base = {"method": "cobra", "dataset": "digits", "normal_class": 0, "seed": 0, "status": "done",
+                "kind": "fit"}  # fmt: skip
+        new = {"job_id": "fit-new", "config": {"method_version": 2}, "metrics": {"clean_auroc": 1.0}}
+        store.put({**base, **new}, labels=labels, clean=np.array([0.1, 0.2, 0.8, 0.9]))
+        # stored last, so without the version check it would be the one shown
+        store.put({**base, "job_id": "fit-old", "config": {}, "metrics": {"clean_auroc": 0.0}},
+                  labels=labels, clean=np.array([0.9, 0.8, 0.2, 0.1]))  # fmt: skip
+        table = build_table(store)
+    assert table.cells[("cobra", "digits", "clean")][0] == pytest.approx(100.0)  # the new model alone
+    assert any("left out: 1 cobra model(s)" in n for n in table.notes)

@@ -267,6 +267,25 @@ def test_data_root_is_part_of_the_fit_identity(tmp_path):
     assert len(ids) == 3  # a folder dataset at another root is other data: never reuse its results
 
 
+def test_a_methods_fit_version_is_part_of_its_fit_identity_only():
+    from dataclasses import replace
+
+    from robustad.benchmark.runner import expand_grid
+    from robustad.config import resolve
+
+    grid = expand_grid(resolve("quick", overrides={"methods": ["deepsvdd", "cobra"], "classes": [0]}))
+    by_method = {f.method: f for f in grid.fits}
+    assert by_method["deepsvdd"].method_version == 1 and "method_version" not in by_method["deepsvdd"].spec
+    cobra = by_method["cobra"]
+    from robustad.registry import METHODS
+
+    assert cobra.method_version == METHODS.get("cobra").factory.fit_version == 2
+    # the version changes the id (a cached COBRA checkpoint from before the loss change
+    # is not reused); version 1 leaves the spec as it was, so other ids are stable
+    assert cobra.job_id != replace(cobra, method_version=1).job_id
+    assert "method_version" not in replace(cobra, method_version=1).spec
+
+
 @pytest.mark.parametrize("preset", ["quick", "standard", "paper", "fmnist"])
 def test_every_preset_resolves_with_valid_parameters(preset):
     from robustad.config import resolve

@@ -64,14 +64,15 @@ def hand_loss(z: torch.Tensor, batch: int, groups: int, blocks: int, tau: float,
     pos_terms = []
     for a in range(n):
         positives = [j for j in range(n) if j != a and j % kb == a % kb]
-        pos_terms.append(-sum(math.log(p(a, j)) for j in positives) / len(positives))
+        pos_terms.append(-sum(math.log(p(a, j)) for j in positives))
     opp_terms = []
     for blk in range(min(blocks, 2)):
         for k in range(1, groups):
             for i in range(batch):
                 x, y = blk * kb + i, blk * kb + k * batch + i
                 opp_terms.append(math.log(p(x, y) + LOG_FLOOR) + math.log(p(y, x) + LOG_FLOOR))
-    return sum(pos_terms) / n + lam * sum(opp_terms) / len(opp_terms)
+    # one normalisation for both sums: the number of anchors (the authors' release)
+    return (sum(pos_terms) + lam * sum(opp_terms)) / n
 
 
 @pytest.mark.parametrize("groups,blocks", [(2, 2), (4, 4), (2, 4)])
@@ -85,25 +86,59 @@ def test_loss_matches_a_hand_computation(groups, blocks):
         )
 
 
-def test_opposite_weight_zero_is_plain_multi_positive_nt_xent():
-    # Multi-positive NT-Xent (SupCon form) with labels = (image, group) identity.
+def test_opposite_weight_zero_is_plain_nt_xent_with_two_blocks():
+    # CSI's two blocks: one positive per anchor, so the loss is SimCLR's NT-Xent, a
+    # cross entropy whose target is the same (image, group) in the other view.
     batch, groups, blocks, tau = 4, 2, 2, 0.5
     z = torch.randn(blocks * groups * batch, 6, generator=torch.Generator().manual_seed(0)).double()
-    labels = torch.arange(len(z)) % (groups * batch)
+    n, kb = len(z), groups * batch
     zn = F.normalize(z, dim=1)
     logits = zn @ zn.t() / tau
     logits.fill_diagonal_(float("-inf"))
-    logp = logits.log_softmax(1)
-    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(z), dtype=torch.bool)
-    supcon = -(logp.masked_fill(~same, 0).sum(1) / same.sum(1)).mean()
+    partner = (torch.arange(n) + kb) % n
+    nt_xent = F.cross_entropy(logits, partner)
     assert cobra_loss(z, batch, groups, blocks, tau, opposite_weight=0.0).item() == pytest.approx(
-        supcon.item()
+        nt_xent.item()
     )
-    # The opposite term is bounded below: antipodal opposites give p ≈ 0, so each
-    # (pair, direction) contributes log(0 + 1e-8), i.e. 2·log(1e-8) per pair.
+
+
+def block_diagonal_loss(z: torch.Tensor, batch: int, tau: float, lam: float) -> float:
+    """K = 2 groups, 4 blocks, in the form of the authors' release: −log p summed over
+    the 12 diagonals of the off-diagonal blocks of the (4·2B)² matrix, minus the same
+    quantity on the diagonals pairing each block's first half (the images) with its
+    second half (their pseudo-anomalies) in V1 and V2, all divided by the row count."""
+    zn = F.normalize(z, dim=1)
+    logits = zn @ zn.t() / tau
+    logits.fill_diagonal_(float("-inf"))
+    loss = -logits.log_softmax(1)  # exact −log p: the positives carry no floor here
+    floored = -torch.log(logits.softmax(1) + LOG_FLOOR)
+    bsz, half = 2 * batch, batch
+    total = 0.0
+    for b1 in range(4):
+        for b2 in range(4):
+            if b1 != b2:
+                total += loss[b1 * bsz : (b1 + 1) * bsz, b2 * bsz : (b2 + 1) * bsz].diagonal().sum()
+    for blk in (0, 1):
+        o = blk * bsz
+        total -= lam * floored[o : o + half, o + half : o + bsz].diagonal().sum()
+        total -= lam * floored[o + half : o + bsz, o : o + half].diagonal().sum()
+    return float(total / len(z))
+
+
+def test_loss_matches_the_release_block_diagonal_form_for_k2():
+    batch = 5
+    z = torch.randn(4 * 2 * batch, 7, generator=torch.Generator().manual_seed(3)).double()
+    for lam in (0.0, 1.0):
+        got = cobra_loss(z, batch, 2, 4, temperature=0.5, opposite_weight=lam).item()
+        assert got == pytest.approx(block_diagonal_loss(z, batch, 0.5, lam), rel=1e-9)
+
+
+def test_opposite_term_is_bounded_below():
+    # Antipodal opposites give p ≈ 0, so each (pair, direction) contributes
+    # log(0 + 1e-8): 1 image, K = 2, two blocks → 2 pairs · 2 directions over 4 anchors.
     e = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
     opp = cobra_loss(e, 1, 2, 2, 0.01, 1.0) - cobra_loss(e, 1, 2, 2, 0.01, 0.0)
-    assert opp.item() == pytest.approx(2 * math.log(LOG_FLOOR), abs=1e-3)
+    assert opp.item() == pytest.approx(2 * 2 * math.log(LOG_FLOOR) / 4, abs=1e-3)
 
 
 # -- detectors -------------------------------------------------------------------------------------

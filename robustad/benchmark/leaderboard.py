@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from robustad.benchmark.metrics import auroc, one_sided_scores
 from robustad.benchmark.store import Store
+from robustad.errors import UnknownNameError
 from robustad.threat import format_eps
 
 CONSTANT_DETECTOR_AUROC = 50.0
@@ -62,7 +63,9 @@ def _mean_over_classes_then_seeds(per_run: dict[tuple[int, int], float]) -> tupl
 
 def build_table(store: Store, mode: str = "both") -> Table:
     """Compute the leaderboard from stored per-sample scores (``mode``: who is attacked)."""
-    fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
+    all_fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
+    superseded = superseded_fits(all_fits.values())
+    fits = {k: r for k, r in all_fits.items() if k not in superseded}
     evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
 
     threats_per_dataset: dict[str, set] = defaultdict(set)
@@ -138,7 +141,39 @@ def build_table(store: Store, mode: str = "both") -> Table:
     )
     if flags:
         table.notes.append(FLAG_NOTE)
+    for method, n in sorted(Counter(superseded.values()).items()):
+        table.notes.append(
+            f"left out: {n} {method} model(s) trained before its training code changed "
+            "(an older fit_version); rerun the same `bench run` to replace them"
+        )
     return table
+
+
+def current_fits(store: Store) -> dict[str, dict]:
+    """Finished fit rows by job id, without those of :func:`superseded_fits`."""
+    fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
+    old = superseded_fits(fits.values())
+    return {k: r for k, r in fits.items() if k not in old}
+
+
+def superseded_fits(fit_rows) -> dict[str, str]:
+    """Fit job id → method, for fits made by an older ``fit_version`` of their method.
+
+    A method bumps ``Detector.fit_version`` when its training changes; the new fits get
+    new job ids and sit in the store next to the old ones, which must not be averaged
+    with them. Methods that are not registered here (a plugin not loaded) are kept.
+    """
+    from robustad.registry import METHODS
+
+    out = {}
+    for r in fit_rows:
+        try:
+            current = int(getattr(METHODS.get(r["method"]).factory, "fit_version", 1))
+        except UnknownNameError:  # not registered here: keep
+            continue
+        if int((r.get("config") or {}).get("method_version", 1)) < current:
+            out[r["job_id"]] = r["method"]
+    return out
 
 
 #: weakest to strongest, so a row reads as the attack budget grows

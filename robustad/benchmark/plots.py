@@ -16,7 +16,7 @@ from collections import defaultdict  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustad.benchmark.leaderboard import CONSTANT_DETECTOR_AUROC, WORST, build_table  # noqa: E402
+from robustad.benchmark.leaderboard import CONSTANT_DETECTOR_AUROC, WORST, build_table, current_fits  # noqa: E402
 from robustad.benchmark.metrics import auroc, one_sided_scores  # noqa: E402
 from robustad.benchmark.store import Store  # noqa: E402
 from robustad.threat import format_eps  # noqa: E402
@@ -93,7 +93,7 @@ def robustness_curves(store: Store, mode: str = "both") -> dict:
     per-sample scores, ε = 0 being the clean AUROC. AUROC is averaged over normal
     classes and seeds; the per-sample worst case over all attacks appears as the
     attack ``"worst case"`` when more than one attack was run."""
-    fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
+    fits = current_fits(store)
     evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
     runs = defaultdict(list)  # (dataset, norm, attack, method, eps) → AUROCs
     worst: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}

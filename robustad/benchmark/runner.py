@@ -102,6 +102,11 @@ def full_params(registry, name: str, overrides: dict[str, Any]) -> dict[str, Any
     return {**defaults, **overrides}
 
 
+def method_fit_version(name: str) -> int:
+    factory = METHODS.get(name).factory
+    return int(getattr(factory, "fit_version", 1))
+
+
 # -- job specs ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class FitJob:
@@ -113,11 +118,14 @@ class FitJob:
     data_params: dict = field(default_factory=dict)
     # Part of the identity: `folder`/`imagefolder` data *is* whatever lies at the root.
     data_root: str | None = None
+    # Detector.fit_version of the method's class; only when > 1, so older ids stay valid
+    method_version: int = 1
 
     @property
     def spec(self) -> dict[str, Any]:
         return {
             "kind": "fit",
+            **({"method_version": self.method_version} if self.method_version != 1 else {}),
             "method": self.method,
             "params": self.params,
             "dataset": self.dataset,
@@ -204,7 +212,16 @@ def expand_grid(cfg: dict[str, Any]) -> Grid:
             for c in dataset_classes(dataset, cfg["classes"]):
                 for seed in cfg["seeds"]:
                     dparams = cfg["dataset_params"].get(dataset, {})
-                    fit = FitJob(method, mparams, dataset, int(c), int(seed), dparams, data_root)
+                    fit = FitJob(
+                        method,
+                        mparams,
+                        dataset,
+                        int(c),
+                        int(seed),
+                        dparams,
+                        data_root,
+                        method_fit_version(method),
+                    )
                     grid.fits.append(fit)
                     evals = []
                     for attack in cfg["attacks"]:

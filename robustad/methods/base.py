@@ -42,6 +42,9 @@ class Detector(nn.Module):
     differentiable: bool = True
     #: the score is random (attacks then average gradients, EOT)
     stochastic: bool = False
+    #: bump when a change to this method's training changes what ``fit`` returns: part
+    #: of the runner's fit-job id, so only this method's cached checkpoints are redone
+    fit_version: int = 1
 
     def __init__(self) -> None:
         super().__init__()

@@ -27,6 +27,10 @@ class COBRA(ShiftedContrastiveDetector):
     8/255 up to 64 px, 2/255 above; or a number) and ``train_attack_steps`` (steps of
     each of the three training attacks, α = 2.5 ε / steps, random start)."""
 
+    # 2: the loss takes the release's normalisation (sum over positives, opposite
+    # pairs summed into the same 1/N; see contrastive.cobra_loss)
+    fit_version = 2
+
     def __init__(
         self,
         width: int = 64,

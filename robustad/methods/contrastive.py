@@ -164,27 +164,40 @@ def log_softmax_offdiag(z: Tensor, temperature: float) -> Tensor:
 def cobra_loss(
     z: Tensor, batch: int, groups: int, blocks: int, temperature: float = 0.5, opposite_weight: float = 1.0
 ) -> Tensor:
-    """L_COBRA: multi-positive NT-Xent plus the opposite-pair term.
+    """L_COBRA: multi-positive NT-Xent plus the opposite-pair term, over N = blocks·K·B anchors.
 
-    ``z``: (blocks·K·B, D) projections in the block layout (not necessarily normalised).
-    Positive term: mean over anchors a of −(1/|P(a)|) Σ_{p∈P(a)} log p(a → p), with
-    P(a) = :func:`positive_mask` and every other sample in the denominator.
-    Opposite-pair term: within blocks 0 and 1 (V1, V2), for each image i and group
-    k ≥ 1, ``log(p(x_i → Υ_k x_i) + 1e-8) + log(p(Υ_k x_i → x_i) + 1e-8)``, averaged
-    over the (i, k, block) triples and weighted by ``opposite_weight``; minimising it
-    pushes each image away from its own pseudo-anomalies. ``opposite_weight = 0`` is
-    plain multi-positive NT-Xent (the public release). Returns a scalar.
+    ``z``: (N, D) projections in the block layout (not necessarily normalised).
+
+        L = (1/N) [ Σ_a Σ_{p∈P(a)} −log p(a → p)
+                    + λ Σ_{(i,k,block)} (log(p(x_i → Υ_k x_i) + 1e-8) + log(p(Υ_k x_i → x_i) + 1e-8)) ]
+
+    P(a) = :func:`positive_mask` (the same image and group in the other blocks), every
+    other sample in the denominator. The opposite pairs are those of
+    :func:`opposite_pairs`: inside blocks 0 and 1 (V1, V2), image i with each of its
+    pseudo-anomalies k ≥ 1. λ = ``opposite_weight``; 0 is plain multi-positive NT-Xent
+    (the public release). Returns a scalar.
+
+    Normalisation (COBRA.md leaves it open): that of the authors' release
+    (``training/contrastive_loss.py``), where the 12 positive diagonals of the 4-block
+    similarity matrix and the opposite pairs are summed together and divided by the
+    number of anchors once. So each anchor sums over its positives (three in COBRA's
+    four blocks, one in CSI's two: CSI's loss is the usual NT-Xent either way), and the
+    opposite term weighs (K−1)/(2K) of a per-pair mean (3/8 at K = 4). An earlier
+    version averaged over positives and over pairs, which made λ = 1 eight times
+    stronger relative to the positives than the release and collapsed training on some
+    classes (results/README.md).
     """
     logp = log_softmax_offdiag(z, temperature)
+    n = len(z)
     pos = positive_mask(batch, groups, blocks).to(z.device)
-    pos_term = -(logp.masked_fill(~pos, 0.0).sum(1) / pos.sum(1)).mean()
+    pos_sum = -logp.masked_fill(~pos, 0.0).sum()
     if opposite_weight == 0 or groups < 2:
-        return pos_term
+        return pos_sum / n
     pairs = opposite_pairs(batch, groups, tuple(range(min(blocks, 2)))).to(z.device)
     p = logp.exp()
     a, o = pairs[:, 0], pairs[:, 1]
-    opp = (torch.log(p[a, o] + LOG_FLOOR) + torch.log(p[o, a] + LOG_FLOOR)).mean()
-    return pos_term + opposite_weight * opp
+    opp_sum = (torch.log(p[a, o] + LOG_FLOOR) + torch.log(p[o, a] + LOG_FLOOR)).sum()
+    return (pos_sum + opposite_weight * opp_sum) / n
 
 
 def anchored_nt_xent(z_anchor: Tensor, z_other: Tensor, target: Tensor, temperature: float) -> Tensor:
