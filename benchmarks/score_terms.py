@@ -23,6 +23,7 @@ import torch
 from attack_common import balanced_subset, print_table
 
 import robustad as ra
+from robustad.benchmark.leaderboard import current_fits
 from robustad.benchmark.store import Store
 from robustad.methods.base import Detector, load_detector_state
 
@@ -55,7 +56,7 @@ def main() -> None:
     threat = ra.ThreatModel("Linf", 8 / 255)
     rows = []
     with Store(args.store) as store:
-        fits = [f for f in store.jobs(kind="fit", status="done") if f["method"] in ("csi", "cobra")]
+        fits = [f for f in current_fits(store).values() if f["method"] in ("csi", "cobra")]
     if args.classes is not None:
         fits = [f for f in fits if f["normal_class"] in {int(c) for c in args.classes.split(",")}]
     extra = [

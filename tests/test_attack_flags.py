@@ -6,7 +6,7 @@ from test_attack_toys import Rounded, overlapping_batch
 
 import robustad as ra
 from robustad.attacks.reliability import MASKING, NON_MONOTONE, ZERO_GRAD, cross_job_flags, job_flags
-from robustad.benchmark.leaderboard import build_table, to_csv, to_markdown
+from robustad.benchmark.leaderboard import build_table, per_sample_worst_case_auroc, to_csv, to_markdown
 from robustad.benchmark.store import Store
 
 THREAT = ra.ThreatModel("Linf", 8 / 255)
@@ -127,3 +127,24 @@ def test_leaderboard_leaves_out_models_from_an_older_fit_version(tmp_path):
         table = build_table(store)
     assert table.cells[("cobra", "digits", "clean")][0] == pytest.approx(100.0)  # the new model alone
     assert any("left out: 1 cobra model(s)" in n for n in table.notes)
+
+
+def test_worst_case_column_picks_the_strongest_attack_per_sample(tmp_path):
+    # Attack A wins on normal sample 0, attack B on anomaly 3: per-attack AUROCs are
+    # 50 and 75, the per-sample worst case [0.95, 0.2, 0.8, 0.15] gives 1 of 4 pairs.
+    labels = np.array([0, 0, 1, 1])
+    clean = np.array([0.1, 0.2, 0.8, 0.9])
+    adv = {"pgd": np.array([0.95, 0.2, 0.8, 0.9]), "square": np.array([0.1, 0.2, 0.8, 0.15])}
+    with Store(tmp_path / "bench.sqlite") as store:
+        base = {"method": "m", "dataset": "digits", "normal_class": 0, "seed": 0, "status": "done"}
+        store.put({**base, "job_id": "fit-1", "kind": "fit", "config": {},
+                   "metrics": {"clean_auroc": 1.0}}, labels=labels, clean=clean)  # fmt: skip
+        for attack, scores in adv.items():
+            row = {**base, "job_id": attack, "kind": "eval", "fit_id": "fit-1", "attack": attack,
+                   "norm": "Linf", "eps": 8 / 255, "config": {"params": {}}, "metrics": {}}  # fmt: skip
+            store.put(row, labels=labels, clean=clean, adv=scores)
+        table = build_table(store)
+        worst = per_sample_worst_case_auroc(store, store.jobs(kind="eval"))
+    assert worst == pytest.approx(0.25)
+    cells = {c: table.cells[("m", "digits", c)][0] for c in ("pgd", "square", "worst case")}
+    assert cells == pytest.approx({"pgd": 50.0, "square": 75.0, "worst case": 25.0})

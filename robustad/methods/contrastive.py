@@ -182,10 +182,12 @@ def cobra_loss(
     similarity matrix and the opposite pairs are summed together and divided by the
     number of anchors once. So each anchor sums over its positives (three in COBRA's
     four blocks, one in CSI's two: CSI's loss is the usual NT-Xent either way), and the
-    opposite term weighs (K−1)/(2K) of a per-pair mean (3/8 at K = 4). An earlier
-    version averaged over positives and over pairs, which made λ = 1 eight times
-    stronger relative to the positives than the release and collapsed training on some
-    classes (results/README.md).
+    opposite term weighs (K−1)/(2K) of a per-pair mean (3/8 at K = 4). The pairs are
+    the spec's (image i with each Υ_k x_i); the release's switched-off code pairs the
+    two halves of each block, the same set at K = 2. An earlier
+    version averaged over positives and over pairs, which at K = 4 and four blocks made
+    λ = 1 eight times stronger relative to the positives than the release (3 · 8/3),
+    and collapsed training on one Fashion-MNIST class (results/README.md).
     """
     logp = log_softmax_offdiag(z, temperature)
     n = len(z)
