@@ -77,7 +77,8 @@ def build_table(store: Store, mode: str = "both") -> Table:
     attack_columns: dict[str, list[str]] = defaultdict(list)
     column_keys: dict[tuple[str, str], tuple[str, str, float]] = {}  # → (attack, norm, eps)
     flags: dict[tuple[str, str, str], set[str]] = {}
-    same_model_and_threat: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
+    # (fit_id, norm, eps) → [(labels, attacked scores)] of each attack on that model
+    same_model_and_threat: dict[tuple[str, str, float], list] = defaultdict(list)
     for fit in fits.values():
         key = (fit["method"], fit["dataset"], "clean")
         values[key][(fit["normal_class"], fit["seed"])] = 100 * fit["metrics"]["clean_auroc"]
@@ -96,15 +97,16 @@ def build_table(store: Store, mode: str = "both") -> Table:
         values[(r["method"], r["dataset"], col)][(r["normal_class"], r["seed"])] = 100 * auroc(
             attacked, labels
         )
-        same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append(r)
-    for (fit_id, norm, eps), rows in same_model_and_threat.items():
+        same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append((labels, attacked))
+    for (fit_id, norm, eps), runs in same_model_and_threat.items():
         fit = fits[fit_id]
-        if len(rows) < 2:
+        if len(runs) < 2:
             continue  # a worst case over one attack repeats its column
         multi = len(threats_per_dataset[fit["dataset"]]) > 1
         col = f"{WORST} {norm} {format_eps(eps)}" if multi else WORST
-        values[(fit["method"], fit["dataset"], col)][(fit["normal_class"], fit["seed"])] = (
-            100 * per_sample_worst_case_auroc(store, rows, mode)
+        labels = runs[0][0]
+        values[(fit["method"], fit["dataset"], col)][(fit["normal_class"], fit["seed"])] = 100 * auroc(
+            per_sample_worst_case(labels, [a for _, a in runs]), labels
         )
         if col not in attack_columns[fit["dataset"]]:
             attack_columns[fit["dataset"]].append(col)
@@ -138,23 +140,25 @@ def build_table(store: Store, mode: str = "both") -> Table:
     return table
 
 
-def per_sample_worst_case_auroc(store: Store, eval_rows: list[dict], mode: str = "both") -> float:
-    """AUROC (a fraction) of the per-sample worst case over attacks on one model.
+def per_sample_worst_case(labels: np.ndarray, attacked: list[np.ndarray]) -> np.ndarray:
+    """The per-sample worst case over attacks on one model: for every test sample the
+    attacked score with the highest attacker objective d·s (d = +1 for a normal sample,
+    whose score the attacker raises, −1 for an anomaly), as if an adversary ran every
+    attack and picked per sample. Its AUROC is never above the lowest single-attack
+    AUROC of attack mode ``"both"``."""
+    stacked = np.stack(attacked)
+    return np.where(labels == 0, stacked.max(0), stacked.min(0))
 
-    ``eval_rows``: eval jobs of one fit and one threat. For every test sample the
-    attacked score with the highest attacker objective d·s is kept (d = +1 for a
-    normal sample, whose score the attacker raises, −1 for an anomaly), as if an
-    adversary ran every attack and picked per sample. Never above the lowest
-    single-attack AUROC of ``mode`` ``"both"``.
-    """
-    labels, best = None, None
+
+def per_sample_worst_case_auroc(store: Store, eval_rows: list[dict], mode: str = "both") -> float:
+    """AUROC (a fraction) of :func:`per_sample_worst_case` over ``eval_rows``, the eval
+    jobs of one fit and one threat, read from ``store``."""
+    labels, attacked = None, []
     for r in eval_rows:
         s = store.samples(r["job_id"])
         labels = s["labels"]
-        attacked = one_sided_scores(s["clean"], s["adv"], labels, mode)
-        best = attacked if best is None else np.where(labels == 0, np.maximum(best, attacked),
-                                                      np.minimum(best, attacked))  # fmt: skip
-    return auroc(best, labels)
+        attacked.append(one_sided_scores(s["clean"], s["adv"], labels, mode))
+    return auroc(per_sample_worst_case(labels, attacked), labels)
 
 
 def current_fits(store: Store) -> dict[str, dict]:
