@@ -175,12 +175,12 @@ def superseded_fits(fit_rows) -> dict[str, str]:
     new job ids and sit in the store next to the old ones, which must not be averaged
     with them. Methods that are not registered here (a plugin not loaded) are kept.
     """
-    from robustad.registry import METHODS
+    from robustad.benchmark.runner import method_fit_version
 
     out = {}
     for r in fit_rows:
         try:
-            current = int(getattr(METHODS.get(r["method"]).factory, "fit_version", 1))
+            current = method_fit_version(r["method"])
         except UnknownNameError:  # not registered here: keep
             continue
         if int((r.get("config") or {}).get("method_version", 1)) < current:

@@ -103,6 +103,7 @@ def full_params(registry, name: str, overrides: dict[str, Any]) -> dict[str, Any
 
 
 def method_fit_version(name: str) -> int:
+    """``Detector.fit_version`` of a registered method (1 for factories without one)."""
     factory = METHODS.get(name).factory
     return int(getattr(factory, "fit_version", 1))
 
