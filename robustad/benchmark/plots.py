@@ -16,7 +16,13 @@ from collections import defaultdict  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustad.benchmark.leaderboard import CONSTANT_DETECTOR_AUROC, WORST, build_table, current_fits  # noqa: E402
+from robustad.benchmark.leaderboard import (  # noqa: E402
+    CONSTANT_DETECTOR_AUROC,
+    WORST,
+    build_table,
+    current_fits,
+    per_sample_worst_case,
+)
 from robustad.benchmark.metrics import auroc, one_sided_scores  # noqa: E402
 from robustad.benchmark.store import Store  # noqa: E402
 from robustad.threat import format_eps  # noqa: E402
@@ -96,25 +102,20 @@ def robustness_curves(store: Store, mode: str = "both") -> dict:
     fits = current_fits(store)
     evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
     runs = defaultdict(list)  # (dataset, norm, attack, method, eps) → AUROCs
-    worst: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    n_attacks = defaultdict(set)
+    # (fit_id, norm, eps) → {attack: (labels, attacked scores)}
+    same_model_and_threat: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
     for r in evals:
         s = store.samples(r["job_id"])
         y = s["labels"]
         attacked = one_sided_scores(s["clean"], s["adv"], y, mode)
         runs[(r["dataset"], r["norm"], r["attack"], r["method"], r["eps"])].append(100 * auroc(attacked, y))
-        key = (r["fit_id"], r["norm"], r["eps"])
-        n_attacks[key].add(r["attack"])
-        obj = np.where(y == 0, attacked, -attacked)
-        if key not in worst:
-            worst[key] = (obj, attacked, y)
-        else:
-            better = obj > worst[key][0]
-            worst[key] = (np.where(better, obj, worst[key][0]), np.where(better, attacked, worst[key][1]), y)
-    for (fit_id, norm, eps), (_, adv, y) in worst.items():
-        if len(n_attacks[(fit_id, norm, eps)]) > 1:
+        same_model_and_threat[(r["fit_id"], r["norm"], r["eps"])][r["attack"]] = (y, attacked)
+    for (fit_id, norm, eps), per_attack in same_model_and_threat.items():
+        if len(per_attack) > 1:
             fit = fits[fit_id]
-            runs[(fit["dataset"], norm, WORST, fit["method"], eps)].append(100 * auroc(adv, y))
+            y = next(iter(per_attack.values()))[0]
+            worst = per_sample_worst_case(y, [a for _, a in per_attack.values()])
+            runs[(fit["dataset"], norm, WORST, fit["method"], eps)].append(100 * auroc(worst, y))
     clean = defaultdict(list)
     for f in fits.values():
         clean[(f["dataset"], f["method"])].append(100 * f["metrics"]["clean_auroc"])
