@@ -1,14 +1,21 @@
 """``aa``: AutoAttack (Croce & Hein, ICML 2020) adapted to anomaly detection.
 
-Three members, each run on every sample with its whole budget, built on the
-AutoAttack package's code (PyPI ``pyautoattack``) through the two-logit view of
-the detector (``attacks/adapter.py``):
+Four members, each run on every sample with its whole budget, three of them built
+on the AutoAttack package's code (PyPI ``pyautoattack``) through the two-logit view
+of the detector (``attacks/adapter.py``):
 
 - ``apgd-ad``: APGD on the view's margin ``z_other − z_y``, an increasing affine
   function of the anomaly objective ``d·s`` (the margin replaces APGD-DLR, which
   needs a third-largest logit and is undefined for two classes);
-- ``apgd-ce``: APGD on the two-logit cross entropy ``softplus(d·(s−τ)/T)``;
-- ``square``: the Square Attack on the same margin (``attacks/square.py``).
+- ``apgd-ce``: APGD on the two-logit cross entropy ``softplus(d·(s−τ)/T)``. Under
+  L∞ a monotone transform of ``d·s`` gives APGD the same sign steps and the same
+  step-size decisions, so from the same start it would retrace ``apgd-ad``; it gets
+  its own seed (other random starts) so it explores elsewhere;
+- ``apgd-surrogate``: the suite's APGD (``attacks/apgd.py``) following the gradient
+  of the detector's smooth ``surrogate_score`` (adaptive attack, Tramèr et al. 2020)
+  while every point is judged by the true score; only for detectors that have one;
+- ``square``: the Square Attack on the margin (``attacks/square.py``), a black box
+  whose budget (5,000 queries by default, as in AutoAttack) can expose masking.
 
 Every sample keeps the point with the highest ``d·s`` among the members' points
 and the clean input, so ``aa`` is at least as strong as each member on every
@@ -21,7 +28,10 @@ sample. The three traps of THREAT_MODEL.md are avoided by construction:
 
 After ``perturb``, ``member_scores[name]`` holds each member's per-sample
 adversarial score (the better of its point and the clean input), which the
-runner turns into per-member AUROCs and the ``masking?`` flag.
+runner turns into per-member AUROCs, the fraction of samples each member alone
+decides, and the ``masking?`` flag. AutoAttack's members draw random numbers for
+the whole batch, so ``aa`` is not batch-independent: the batch size is part of
+its results' identity.
 """
 
 from __future__ import annotations
@@ -31,13 +41,16 @@ import logging
 import torch
 
 from robustad.attacks.adapter import TwoLogitView, margin_objective
-from robustad.attacks.base import Attack, direction, objective, objective_and_grad
+from robustad.attacks.apgd import APGD
+from robustad.attacks.base import Attack, direction, objective
 from robustad.attacks.square import run_square
 from robustad.errors import UserError
 from robustad.registry import register_attack
 
-MEMBERS = ("apgd-ad", "apgd-ce", "square")
-WHITE_BOX_MEMBERS = ("apgd-ad", "apgd-ce")
+MEMBERS = ("apgd-ad", "apgd-ce", "apgd-surrogate", "square")
+WHITE_BOX_MEMBERS = ("apgd-ad", "apgd-ce", "apgd-surrogate")
+#: offsets added to the attack seed, one per member, so no two members share random starts
+MEMBER_SEED_OFFSET = {name: i for i, name in enumerate(MEMBERS)}
 
 # AutoAttack reports zero gradients through a logger; we measure them ourselves.
 _AA_LOG = logging.getLogger("robustad.attacks.aa.autoattack")
@@ -67,9 +80,12 @@ def anomaly_apgd(view: TwoLogitView, loss: str, norm: str, eps: float, steps: in
 @register_attack(
     "aa",
     white_box=True,
-    description="AutoAttack for AD: per-sample worst case of APGD (d·s), APGD (2-logit CE), Square",
+    description="AutoAttack for AD: per-sample worst case of APGD (d·s), APGD (2-logit CE), "
+    "APGD on the surrogate score (where the detector has one), Square",
 )
 class AutoAttackAD(Attack):
+    batch_independent = False
+
     def __init__(
         self,
         apgd_steps: int = 100,
@@ -95,27 +111,32 @@ class AutoAttackAD(Attack):
         self.eot_draws = eot_draws
         self.member_scores: dict[str, torch.Tensor] = {}
 
-    def _member_point(self, name, view, x, y, threat, eot_iter) -> torch.Tensor:
+    def _member_point(self, name, detector, view, x, y, threat, eot_iter) -> torch.Tensor:
+        seed = self.seed + MEMBER_SEED_OFFSET[name]
         if name == "square":
-            return run_square(view, x, y, threat, self.square_queries, self.square_p_init, self.seed)
+            return run_square(view, x, y, threat, self.square_queries, self.square_p_init, seed)
+        if name == "apgd-surrogate":
+            member = APGD(self.apgd_steps, self.apgd_restarts, adaptive=True, eot_draws=self.eot_draws,
+                          seed=seed)  # fmt: skip
+            return member.perturb(detector, x, y, threat)
         atk = anomaly_apgd(view, "ad" if name == "apgd-ad" else "ce", threat.norm, threat.eps,
-                           self.apgd_steps, self.apgd_restarts, eot_iter, self.seed)  # fmt: skip
+                           self.apgd_steps, self.apgd_restarts, eot_iter, seed)  # fmt: skip
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # seeded, caller's RNG untouched
-            torch.manual_seed(self.seed)
+            torch.manual_seed(seed)
             return atk.perturb(x, y.long(), best_loss=True).detach()
 
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
         clean_obj = best.value.clone()
         clean_scores = direction(y).to(clean_obj.dtype) * clean_obj
         view = TwoLogitView.calibrated(detector, score_fn, clean_scores, y)
-        # One gradient at the clean input for the zero-grad flag (AutoAttack's own
-        # check only prints).
-        self._record_zero_grad(objective_and_grad(score_fn, x, y)[1])
         eot_iter = self.eot_draws if getattr(detector, "stochastic", False) else 1
+        has_surrogate = callable(getattr(detector, "surrogate_score", None))
         self.member_scores = {}
         for name in self.members:
-            x_m = self._member_point(name, view, x, y, threat, eot_iter)
+            if name == "apgd-surrogate" and not has_surrogate:
+                continue  # nothing to adapt to: the plain APGD members cover the true score
+            x_m = self._member_point(name, detector, view, x, y, threat, eot_iter)
             with torch.no_grad():
                 obj = objective(score_fn(x_m), y)
             best.update(x_m, obj)

@@ -77,7 +77,6 @@ class APGD(Attack):
 
         x_cur = random_start(x, threat, generator)
         f_cur, g_cur = oracle(x_cur, y)
-        self._record_zero_grad(g_cur)
         best.update(x_cur, f_cur)
         x_prev = x_cur
         x_max, f_max, g_max = x_cur, f_cur, g_cur  # the best point of this run

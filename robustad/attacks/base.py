@@ -9,6 +9,7 @@ AUROC can never exceed the clean one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -53,17 +54,53 @@ def project(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
-def random_start(x: Tensor, threat: ThreatModel, generator: torch.Generator | None) -> Tensor:
-    """A uniform random point of the ε-ball around x, clipped to the box."""
+class SampleRNG:
+    """Random draws made per sample, so an attack's result does not depend on the batch.
+
+    Each sample gets its own ``torch.Generator`` seeded by the attack seed and a hash
+    of the sample's bytes: the same image gets the same random start whatever batch
+    it is in, at whatever position, and with whatever ``--batch-size``. Draws are made
+    on the CPU so a seed gives the same points on every device.
+    """
+
+    def __init__(self, x: Tensor, seed: int):
+        rows = x.detach().flatten(1).to("cpu", torch.float32).contiguous().numpy()
+        self.generators = [torch.Generator().manual_seed(_sample_seed(seed, row.tobytes())) for row in rows]
+
+    def draw(self, fn: Callable, shape: tuple[int, ...]) -> Tensor:
+        """``fn(shape[1:])`` for each sample from its own generator, stacked: ``shape``."""
+        return torch.stack([fn(tuple(shape[1:]), generator=g) for g in self.generators])
+
+
+def _sample_seed(seed: int, data: bytes) -> int:
+    digest = hashlib.blake2b(data, digest_size=8, key=str(int(seed)).encode()).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+Generator = torch.Generator | SampleRNG | None
+
+
+def _draw(fn: Callable, shape: tuple[int, ...], generator: Generator, device) -> Tensor:
+    if isinstance(generator, SampleRNG):
+        return generator.draw(fn, shape).to(device)
+    return fn(shape, generator=generator, device="cpu").to(device)
+
+
+def random_start(x: Tensor, threat: ThreatModel, generator: Generator) -> Tensor:
+    """A uniform random point of the ε-ball around x, clipped to the box.
+
+    ``generator``: a :class:`SampleRNG` (evaluation attacks: batch-independent) or a
+    ``torch.Generator`` (adversarial training: one stream for the batch).
+    """
     if threat.norm == "Linf":
-        u = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+        u = _draw(torch.rand, tuple(x.shape), generator, x.device)
         delta = (2 * u - 1) * threat.eps
     else:
         # Uniform in the L2 ball: Gaussian direction, radius ε·U^(1/n).
-        g = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+        g = _draw(torch.randn, tuple(x.shape), generator, x.device)
         g = g / _view(_per_sample_norm(g, 2) + 1e-12, g)
         n = x[0].numel()
-        r = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device) ** (1.0 / n)
+        r = _draw(torch.rand, (x.shape[0],), generator, x.device) ** (1.0 / n)
         delta = g * _view(r * threat.eps, g)
     return (x + delta).clamp(0.0, 1.0)
 
@@ -151,15 +188,24 @@ class Attack:
     ``perturb(detector, x, y, threat)`` takes images (N,C,H,W) in [0,1] and labels
     (N,) in {0,1}; returns adversarial images of the same shape, each the best
     point found for its sample (the clean input if nothing beat it). After a call,
-    ``self.stats`` holds diagnostics such as the fraction of zero input gradients.
+    ``self.adv_scores`` (N,) holds the score of each returned point *as it was
+    judged* when chosen (for a stochastic detector, the EOT average, not a fresh
+    draw), and ``self.stats`` diagnostics such as the fraction of zero input
+    gradients (:func:`gradient_diagnostics`).
     """
 
     #: whether the attack needs gradients of the score
     white_box: bool = True
+    #: whether a sample's result is independent of the batch around it (per-sample
+    #: random draws, no batch statistics). Attacks built on code that draws for the
+    #: whole batch (AutoAttack's APGD and Square, torchattacks) set False, and the
+    #: runner makes the batch size part of their results' identity.
+    batch_independent: bool = True
 
     def __init__(self, seed: int = 0):
         self.seed = seed
         self.stats: dict[str, float] = {}
+        self.adv_scores: Tensor | None = None
 
     def score_fn(self, detector) -> ScoreFn:
         return detector.score
@@ -174,9 +220,9 @@ class Attack:
             with torch.no_grad():
                 clean = objective(score_fn(x), y)
             best = BestPoint(x, clean)
-            generator = torch.Generator().manual_seed(self.seed)
-            self.stats = {}
-            self._run(detector, score_fn, x, y, threat, best, generator)
+            self.stats = gradient_diagnostics(score_fn, x, y) if self.white_box else {}
+            self._run(detector, score_fn, x, y, threat, best, SampleRNG(x, self.seed))
+            self.adv_scores = direction(y).to(best.value.dtype) * best.value
             return best.x
         finally:
             detector.train(was_training)
@@ -189,7 +235,7 @@ class Attack:
         y: Tensor,
         threat: ThreatModel,
         best: BestPoint,
-        generator: torch.Generator,
+        generator: SampleRNG,
     ) -> None:
         raise NotImplementedError
 
@@ -210,8 +256,35 @@ class Attack:
             self.stats["eot_draws"] = float(draws)
         return GradientOracle(score_fn, grad_fn, draws)
 
-    def _record_zero_grad(self, grad: Tensor) -> None:
-        """Fraction of samples whose first input gradient is exactly zero (a masking sign)."""
-        if "zero_grad_frac" not in self.stats:
-            zero = (grad.flatten(1).abs().amax(dim=1) == 0).float().mean().item()
-            self.stats["zero_grad_frac"] = zero
+
+#: how far a pixel at the box bound is moved inward to see whether its gradient was masked
+BOUNDARY_STEP = 1e-3
+
+
+def gradient_diagnostics(score_fn: ScoreFn, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Gradient statistics at the clean input, for the reliability flags.
+
+    - ``zero_grad_frac``: fraction of samples whose whole input gradient is 0 (the
+      ``zero-grad`` flag);
+    - ``zero_grad_pixel_frac``: fraction of pixels whose gradient of ``d·s`` is exactly 0
+      (pixels a score legitimately ignores, such as those outside a centre crop, count
+      too: this is a description, not a flag);
+    - ``box_masked_frac``: fraction of pixels at exactly 0 or 1 whose gradient is 0
+      there but not after moving every such pixel ``BOUNDARY_STEP`` into the box: a
+      clamp (or another flat piece) that hides the direction an attacker can move in.
+      Pixels ignored by the score stay at 0 after the move and are not counted. Raised
+      as the ``box-masking`` flag (``attacks/reliability.py``).
+
+    Two extra forward/backward passes on the clean batch.
+    """
+    _, grad = objective_and_grad(score_fn, x, y)
+    at_bound = (x == 0) | (x == 1)
+    inward = torch.where(x == 0, BOUNDARY_STEP, torch.where(x == 1, -BOUNDARY_STEP, 0.0)).to(x.dtype)
+    _, grad_inside = objective_and_grad(score_fn, x + inward, y)
+    masked = at_bound & (grad == 0) & (grad_inside != 0)
+    n = max(x.numel(), 1)
+    return {
+        "zero_grad_frac": (grad.flatten(1).abs().amax(dim=1) == 0).float().mean().item(),
+        "zero_grad_pixel_frac": (grad == 0).sum().item() / n,
+        "box_masked_frac": masked.sum().item() / n,
+    }

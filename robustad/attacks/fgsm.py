@@ -13,7 +13,6 @@ class FGSM(Attack):
 
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
         _, grad = objective_and_grad(score_fn, x, y)
-        self._record_zero_grad(grad)
         x_adv = project(x + threat.eps * ascent_direction(grad, threat.norm), x, threat)
         with torch.no_grad():
             best.update(x_adv, objective(score_fn(x_adv), y))

@@ -61,7 +61,6 @@ class PGD(Attack):
                 # The objective at x_adv comes with its gradient, so the best-point
                 # update costs no extra forward pass.
                 obj, grad = oracle(x_adv, y)
-                self._record_zero_grad(grad)
                 best.update(x_adv, obj)
                 x_adv = project(x_adv + alpha * ascent_direction(grad, threat.norm), x, threat)
             with torch.no_grad():  # the final iterate has not been scored yet

@@ -1,6 +1,10 @@
 """Reliability flags of THREAT_MODEL.md, as pure functions of attack results.
 
 - ``zero-grad``: more than 10% of samples had an all-zero input gradient.
+- ``box-masking``: more than 1% of the pixels sit at a bound of the box (0 or 1)
+  with a zero gradient there and a non-zero one just inside it: a clamp or another
+  flat piece of the score hides a direction the attacker can move in
+  (``attacks/base.gradient_diagnostics``).
 - ``masking?``: the black-box Square reaches an AUROC more than 1 point below a
   white-box attack on the same model and threat: that white-box number
   overstates robustness (gradient masking). Raised on the white-box result,
@@ -15,11 +19,13 @@ from collections import defaultdict
 from typing import Any
 
 ZERO_GRAD_THRESHOLD = 0.10
+BOX_MASKING_THRESHOLD = 0.01  # fraction of all pixels
 MASKING_MARGIN = 0.01  # AUROC as a fraction: one point
 #: AUROC rises smaller than this are float noise, not a non-monotone sweep
 MONOTONE_TOLERANCE = 1e-9
 
 ZERO_GRAD = "zero-grad"
+BOX_MASKING = "box-masking"
 MASKING = "masking?"
 NON_MONOTONE = "non-monotone"
 #: flags that depend on other jobs, recomputed whenever a model's results change
@@ -27,10 +33,13 @@ CROSS_JOB_FLAGS = (MASKING, NON_MONOTONE)
 
 
 def job_flags(info: dict[str, Any]) -> list[str]:
-    """Flags decided by one eval job's diagnostics (``zero_grad_frac``, ``member_auroc``)."""
+    """Flags decided by one eval job's diagnostics (``zero_grad_frac``, ``box_masked_frac``,
+    ``member_auroc``)."""
     flags = []
     if info.get("zero_grad_frac", 0.0) > ZERO_GRAD_THRESHOLD:
         flags.append(ZERO_GRAD)
+    if info.get("box_masked_frac", 0.0) > BOX_MASKING_THRESHOLD:
+        flags.append(BOX_MASKING)
     members = info.get("member_auroc") or {}
     white = [v for k, v in members.items() if k != "square"]
     if "square" in members and white and members["square"] < min(white) - MASKING_MARGIN:

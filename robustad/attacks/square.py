@@ -79,6 +79,7 @@ def run_square(
 )
 class Square(Attack):
     white_box = False
+    batch_independent = False  # AutoAttack's Square draws for the whole batch
 
     def __init__(self, queries: int = 1000, p_init: float = 0.8, restarts: int = 1, seed: int = 0):
         super().__init__(seed=seed)

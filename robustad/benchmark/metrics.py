@@ -90,6 +90,16 @@ def score_metrics(scores, labels, prefix: str = "") -> dict[str, float]:
     }
 
 
+def at_least_clean(clean, adv, labels) -> np.ndarray:
+    """Per sample, the attacked score or the clean one, whichever has the higher
+    objective ``d·s``: the clean input is always one of the attacker's points, so an
+    attacked AUROC can never exceed the clean one, even for a stochastic detector
+    whose clean and attacked scores are different draws."""
+    clean, adv, labels = _np(clean), _np(adv), _np(labels)
+    d = 1.0 - 2.0 * labels.astype(np.float64)
+    return np.where(d * adv >= d * clean, adv, clean)
+
+
 def attack_metrics(clean, adv, labels) -> dict[str, float]:
     """Clean, attacked and one-sided metrics from per-sample clean and attacked scores."""
     out = score_metrics(clean, labels, "clean_")

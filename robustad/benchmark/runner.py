@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from robustad.attacks.reliability import cross_job_flags, job_flags
-from robustad.benchmark.metrics import attack_metrics, auroc, score_metrics
+from robustad.benchmark.metrics import at_least_clean, attack_metrics, auroc, score_metrics
 from robustad.benchmark.store import Store
 from robustad.datasets import OneClassData, load_dataset
 from robustad.errors import UserError
@@ -48,19 +49,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Packages whose code computes or feeds a result (aa/square, ta:<Name>, image loading,
+# statistics): recorded with every result, "not installed" where absent.
+VERSIONED_PACKAGES = ("pyautoattack", "torchvision", "scipy", "Pillow", "torchattacks")
+
+
 @lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
+    import importlib.metadata
+
     import sklearn
 
     from robustad import __version__
 
-    return {
+    versions = {
         "robustad": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "sklearn": sklearn.__version__,
     }
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
 
 
 @lru_cache(maxsize=1)
@@ -81,11 +95,26 @@ def git_revision() -> str:
         return "unknown"
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def resolve_device(device: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps; anything else, or a device this machine lacks, is a
+    UserError. config.validate calls this, so a bad --device stops the run before training
+    instead of failing every fit."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(
+            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), cuda:0 upwards"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' was asked for but MPS is not available; use --device cpu")
     return device
 
 
@@ -156,6 +185,9 @@ class EvalJob:
     params: dict
     threat: ThreatModel
 
+    #: the evaluation batch size, for attacks whose results depend on it (None otherwise)
+    batch_size: int | None = None
+
     @property
     def spec(self) -> dict[str, Any]:
         return {
@@ -165,6 +197,7 @@ class EvalJob:
             "params": self.params,
             "norm": self.threat.norm,
             "eps": round(self.threat.eps, 12),
+            **({"batch_size": self.batch_size} if self.batch_size is not None else {}),
         }
 
     @property
@@ -202,6 +235,15 @@ def dataset_eps(cfg: dict[str, Any], dataset: str) -> list[float]:
     return [default_eps(cfg["norm"], int(DATASETS.get(dataset).metadata.get("native_size", 32)))]
 
 
+def eval_batch_size(attack: str, cfg: dict[str, Any]) -> int | None:
+    """The batch size, when it is part of an eval job's identity: for attacks that are
+    not ``batch_independent`` (their random draws span the batch), a different
+    ``--batch-size`` is a different result."""
+    factory = ATTACKS.get(attack).factory
+    independent = getattr(factory, "batch_independent", False)  # unknown: assume not
+    return None if independent else int(cfg["batch_size"])
+
+
 def expand_grid(cfg: dict[str, Any]) -> Grid:
     """method × dataset × normal class × seed fit jobs, each with attack × ε eval jobs."""
     grid = Grid()
@@ -226,11 +268,16 @@ def expand_grid(cfg: dict[str, Any]) -> Grid:
                     grid.fits.append(fit)
                     evals = []
                     for attack in cfg["attacks"]:
-                        aparams = full_params(ATTACKS, attack, cfg["attack_params"].get(attack, {}))
-                        aparams.pop("seed", None)  # the attack seed is the run seed
+                        user = cfg["attack_params"].get(attack, {})
+                        aparams = full_params(ATTACKS, attack, user)
+                        # The attack seed is the run seed unless the user sets one; a
+                        # user's seed is kept and is part of the eval job's identity.
+                        aparams.pop("seed", None)
+                        if "seed" in user:
+                            aparams["seed"] = int(user["seed"])
                         for eps in dataset_eps(cfg, dataset):
                             threat = ThreatModel(cfg["norm"], eps, cfg["attack_mode"])
-                            evals.append(EvalJob(fit, attack, aparams, threat))
+                            evals.append(EvalJob(fit, attack, aparams, threat, eval_batch_size(attack, cfg)))
                     grid.evals[fit] = evals
     return grid
 
@@ -259,25 +306,43 @@ def attack_test_set(
     seed_everything(seed)
     attack = ATTACKS.create(attack_name, **{**attack_params, "seed": seed})
     detector.eval()
-    adv_scores, zero_grad, n = [], 0.0, 0
+    adv_scores, n = [], 0
+    stats: dict[str, float] = {}  # batch-size-weighted means of attack.stats
     members: dict[str, list[torch.Tensor]] = {}  # aa: per-member adversarial scores
     for i in range(0, len(data.test_x), batch_size):
         xb = data.test_x[i : i + batch_size].to(device)
         yb = data.test_y[i : i + batch_size].to(device)
         x_adv = attack.perturb(detector, xb, yb, threat)
         _check_budget(x_adv, xb, threat)
-        adv_scores.append(detector.score_batched(x_adv, batch_size))
-        zero_grad += attack.stats.get("zero_grad_frac", 0.0) * len(xb)
+        # The score each point was judged by when the attack chose it (for a
+        # stochastic detector a fresh draw could exceed the clean score).
+        adv_scores.append(attack.adv_scores.detach().cpu())
+        for k, v in attack.stats.items():
+            stats[k] = stats.get(k, 0.0) + v * len(xb)
         n += len(xb)
         for name, scores in getattr(attack, "member_scores", {}).items():
             members.setdefault(name, []).append(scores)
-    info: dict[str, Any] = {}
-    if getattr(attack, "white_box", True):
-        info["zero_grad_frac"] = zero_grad / max(n, 1)
+    info: dict[str, Any] = {k: v / max(n, 1) for k, v in stats.items()}
     if members:  # for the masking? flag of ensembles such as aa
         labels = data.test_y.numpy()
-        info["member_auroc"] = {k: auroc(torch.cat(v).numpy(), labels) for k, v in members.items()}
+        member_adv = {k: torch.cat(v).numpy() for k, v in members.items()}
+        info["member_auroc"] = {k: auroc(v, labels) for k, v in member_adv.items()}
+        info["member_sole_best_frac"] = sole_best_fractions(member_adv, labels)
     return torch.cat(adv_scores).numpy().astype(np.float64), info
+
+
+def sole_best_fractions(member_adv: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Per member of an ensemble, the fraction of samples whose worst case it alone
+    reaches (its ``d·s`` strictly above every other member's): what the member adds."""
+    names = list(member_adv)
+    d = 1.0 - 2.0 * labels.astype(np.float64)
+    obj = np.stack([d * member_adv[k] for k in names])  # (members, N)
+    out = {}
+    for i, name in enumerate(names):
+        others = np.delete(obj, i, axis=0)
+        best_other = others.max(0) if len(others) else np.full(obj.shape[1], -np.inf)
+        out[name] = float((obj[i] > best_other).mean())
+    return out
 
 
 def _check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> None:
@@ -394,18 +459,27 @@ def _row(job: FitJob | EvalJob, cfg: dict[str, Any], started: float) -> dict[str
 
 def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[str, int]:
     """Run every missing job of the configured grid; returns counts of what happened."""
+    from robustad.config import check_buildable
+
     out = Path(out)
     ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # Everything below fails fast, before any training: the results folder, the device,
+    # every method and attack built with its parameters, the store's write lock, the data.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the results")
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the results folder {out} ({exc.strerror}); give another --out") from exc
     device = resolve_device(cfg["device"])
+    check_buildable(cfg)
     grid = expand_grid(cfg)
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
-    # Fail fast on missing data, before any training: one load per dataset.
-    for dataset in cfg["datasets"]:
-        load_config_dataset(cfg, dataset, dataset_classes(dataset, cfg["classes"])[0])  # fmt: skip
-
     with Store(out / "bench.sqlite") as store:
+        store.check_writable()
+        for dataset in cfg["datasets"]:  # one load per dataset
+            load_config_dataset(cfg, dataset, dataset_classes(dataset, cfg["classes"])[0])  # fmt: skip
         progress = Progress(grid.n_jobs, quiet=quiet)
         try:
             for fit in grid.fits:
@@ -416,21 +490,42 @@ def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[
     return counts
 
 
+def _load_finished_fit(fit: FitJob, ckpt: Path, store: Store, device: str) -> Detector:
+    """The model of a done fit row, for its pending eval jobs.
+
+    A missing or unreadable checkpoint stops the run (UserError) and changes nothing:
+    marking the fit failed would delete its clean scores, and a refit would sit next
+    to eval rows computed on the old model.
+    """
+    detector = METHODS.create(fit.method, **fit.params)
+    try:
+        if not ckpt.is_file():
+            raise FileNotFoundError("the file is missing")
+        return load_detector_state(detector, ckpt).to(device)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"the checkpoint {ckpt} of the finished {fit.describe()} cannot be read ({reason}); "
+            f"its results in {store.path} are kept, and it is retrained only with a fresh --out "
+            f"or after deleting its rows (job_id or fit_id {fit.job_id}) from the store"
+        ) from exc
+
+
 def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, counts) -> None:
     ckpt = ckpt_dir / f"{fit.job_id}.pt"
     todo = [e for e in evals if not store.is_done(e.job_id)]
-    fit_done = store.is_done(fit.job_id) and ckpt.is_file()
+    fit_done = store.is_done(fit.job_id)
     if fit_done and not todo:
         progress.advance(1 + len(evals))
         counts["skipped"] += 1 + len(evals)
         return
+    if fit_done:
+        detector = _load_finished_fit(fit, ckpt, store, device)
     data = load_config_dataset(cfg, fit.dataset, fit.normal_class)
 
     started = time.time()
     try:
         if fit_done:
-            detector = METHODS.create(fit.method, **fit.params)
-            load_detector_state(detector, ckpt).to(device)
             counts["skipped"] += 1
         else:
             progress.log(fit.describe())
@@ -467,8 +562,10 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
         progress.log(job.describe())
         started = time.time()
         try:
+            seed = job.params.get("seed", fit.seed)  # a user's attack seed, else the run seed
             adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
-                                        fit.seed, cfg["batch_size"], device)  # fmt: skip
+                                        seed, cfg["batch_size"], device)  # fmt: skip
+            adv = at_least_clean(clean, adv, labels)
             row = _row(job, cfg, started)
             info["flags"] = reliability_flags(info)
             row.update(status="done", metrics=attack_metrics(clean, adv, labels), info=info)
@@ -535,8 +632,9 @@ def benchmark(
         "attacks": {},
     }
     for job in grid.evals[fit]:
-        adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data, seed,
-                                    cfg["batch_size"], dev)  # fmt: skip
+        adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
+                                    job.params.get("seed", seed), cfg["batch_size"], dev)  # fmt: skip
+        adv = at_least_clean(clean, adv, labels)
         metrics = attack_metrics(clean, adv, labels)
         metrics.update(threat=job.threat.to_dict(), flags=reliability_flags(info))
         result["attacks"][job.attack] = metrics

@@ -103,7 +103,8 @@ def apply_light_aug(x: Tensor, params: Tensor) -> Tensor:
 
     Differentiable in x (crops and flips by bilinear resampling, jitter by arithmetic),
     so attacks and scores can differentiate through the augmented views. A row with
-    flip 0, full crop, factors 1, hue 0, grey 0 is the identity.
+    flip 0, full crop, factors 1, hue 0, grey 0 is the identity, exactly: it neither
+    resamples nor clamps, so the gradient at pixels equal to 0 or 1 is not masked.
     """
     p = params.to(x.device, x.dtype)
     n = x.shape[0]
@@ -120,7 +121,12 @@ def apply_light_aug(x: Tensor, params: Tensor) -> Tensor:
     else:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    x = colour_jitter(x, p[:, 5], p[:, 6], p[:, 7], p[:, 8])
+    # Rows without jitter (factors 1, hue 0, e.g. the central test view) skip it: it
+    # would return x only up to float rounding, through clamps an attack must not see.
+    no_jitter = (p[:, 5] == 1) & (p[:, 6] == 1) & (p[:, 7] == 1) & (p[:, 8] == 0)
+    if not bool(no_jitter.all()):
+        jittered = colour_jitter(x, p[:, 5], p[:, 6], p[:, 7], p[:, 8])
+        x = torch.where(no_jitter.view(-1, 1, 1, 1), x, jittered)
     if x.shape[1] == 3:
         x = torch.where(p[:, 9].view(-1, 1, 1, 1) > 0.5, grey(x).expand_as(x), x)
     return x

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustad.methods.box import clamp_box
+
 TRANSFORMS = ("rotation", "scar", "cutout", "permutation", "elastic")
 
 
@@ -138,7 +140,7 @@ def scar_components(
 def scar(x: Tensor, generator: torch.Generator | None = None, shared: bool = False) -> Tensor:
     """CutPaste "scar" (Li et al., CVPR 2021): paste a transformed thin patch elsewhere."""
     patch, mask, _ = scar_components(x, generator, shared)
-    return (x * (1 - mask) + patch).clamp(0, 1)
+    return clamp_box(x * (1 - mask) + patch)
 
 
 def colour_jitter(
@@ -154,10 +156,11 @@ def colour_jitter(
     brightness multiplies; contrast blends with the mean grey level (of ``region``
     when given, of the image otherwise); saturation blends with the grey image; hue
     rotates the chroma plane of YIQ by ``hue``·2π (a linear stand-in for the HSV hue
-    shift). Saturation and hue do nothing on grey images. Output clamped to [0,1].
+    shift). Saturation and hue do nothing on grey images. Output clamped to [0,1] by
+    :func:`~robustad.methods.box.clamp_box`, which keeps the gradient at the bounds.
     """
     v = lambda t: t.view(-1, 1, 1, 1).to(x.dtype)  # noqa: E731
-    x = (x * v(brightness)).clamp(0, 1)
+    x = clamp_box(x * v(brightness))
     g = grey(x)
     if region is None:
         mean = g.mean(dim=(1, 2, 3), keepdim=True)
@@ -165,12 +168,12 @@ def colour_jitter(
         mean = (g * region).sum(dim=(1, 2, 3), keepdim=True) / region.sum(dim=(1, 2, 3), keepdim=True).clamp(
             min=1
         )
-    x = (mean + v(contrast) * (x - mean)).clamp(0, 1)
+    x = clamp_box(mean + v(contrast) * (x - mean))
     if region is not None:
         x = x * region
     if x.shape[1] == 3:
         g = grey(x)
-        x = (g + v(saturation) * (x - g)).clamp(0, 1)
+        x = clamp_box(g + v(saturation) * (x - g))
         x = hue_rotate(x, hue)
         if region is not None:
             x = x * region
@@ -192,7 +195,7 @@ def hue_rotate(x: Tensor, hue: Tensor) -> Tensor:
     rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
     rot[:, 2, 1], rot[:, 2, 2] = sin, cos
     m = from_yiq @ rot @ to_yiq  # (N,3,3)
-    return torch.einsum("nij,njhw->nihw", m, x).clamp(0, 1)
+    return clamp_box(torch.einsum("nij,njhw->nihw", m, x))
 
 
 def cutout(x: Tensor, generator: torch.Generator | None = None, shared: bool = False) -> Tensor:
