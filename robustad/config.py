@@ -1,6 +1,8 @@
 """Run configuration: a preset (configs/*.yaml) ← a user YAML (``--config``) ← CLI flags.
 
-Unknown keys and bad values are errors (UserError), never silently ignored.
+Unknown keys and bad values are errors (UserError), never silently ignored, and they
+are found before any training: ``validate`` builds every configured method and attack
+with its parameters (``check_buildable``) and checks the device.
 
 Keys:
   preset        name of the preset the config started from (recorded with results)
@@ -18,7 +20,8 @@ Keys:
   data_root     folder with datasets (optional)
   download      allow downloading missing datasets
   method_params {method: {param: value}} constructor parameters
-  attack_params {attack: {param: value}} constructor parameters
+  attack_params {attack: {param: value}} constructor parameters; an attack's ``seed``
+                 (default: the run seed) is kept and is part of its eval job's identity
   dataset_params {dataset: {param: value}} loader parameters (e.g. image_size), and
                  test_subset (any dataset): a seeded, balanced subset of N test images
 """
@@ -192,7 +195,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"{key} must map names to parameter mappings")
         for name, p in params.items():
             if name not in registry:
-                continue  # parameters for a plug-in that is not loaded in this run
+                # A misspelt name would otherwise drop its parameters silently; a
+                # plug-in's parameters need the plug-in loaded (--plugin).
+                raise UserError(f"{key}: {registry.unknown_message(name)}")
             entry = registry.get(name)
             valid = entry.parameters()
             if key == "dataset_params":
@@ -204,4 +209,52 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                     f"valid: {', '.join(valid)}"
                 )
         cfg[key] = {k: dict(v or {}) for k, v in params.items()}
+    for name, p in cfg["attack_params"].items():
+        seed = p.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise UserError(f"attack_params: {name!r} seed must be an integer, got {seed!r}")
+
+    from robustad.benchmark.runner import resolve_device
+
+    cfg["device"] = cfg.get("device", "auto")
+    resolve_device(cfg["device"])  # an unknown or absent device is a UserError now, not per fit
+    check_buildable(cfg)
     return cfg
+
+
+def check_buildable(cfg: dict[str, Any]) -> None:
+    """Build every method and attack of the run with its configured parameters.
+
+    Constructors check their values (``pgd: {steps: 0}`` raises ValueError) and do no
+    work, so building them here turns an impossible value into a UserError before any
+    training instead of a failed job afterwards. ``run_grid`` calls this too.
+    """
+    import inspect
+
+    from robustad.registry import ATTACKS, METHODS
+
+    for key, registry, names in (
+        ("method_params", METHODS, cfg["methods"]),
+        ("attack_params", ATTACKS, cfg.get("attacks") or []),
+    ):
+        for name in names:
+            params = dict((cfg.get(key) or {}).get(name) or {})
+            try:
+                obj = registry.create(name, **params)
+            except (ValueError, TypeError) as exc:
+                raise UserError(
+                    f"{registry.kind} {name!r} cannot be built with {key} {params}: {exc}"
+                ) from exc
+            # ta:<Name> passes its keywords on to a torchattacks class: check their names
+            # against that class now, not when the attack first runs after training.
+            target, given = getattr(obj, "cls", None), getattr(obj, "params", None)
+            if inspect.isclass(target) and isinstance(given, dict):
+                accepted = inspect.signature(target.__init__).parameters
+                if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+                    bad = sorted(set(given) - set(accepted) - {"self", "model"})
+                    if bad:
+                        valid = [n for n in accepted if n not in ("self", "model")]
+                        raise UserError(
+                            f"{key}: {registry.kind} {name!r} has no parameter(s) {', '.join(bad)}; "
+                            f"valid: {', '.join(valid)}"
+                        )

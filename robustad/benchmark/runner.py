@@ -470,7 +470,8 @@ def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[
     try:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the results folder {out} ({exc.strerror}); give another --out") from exc
+        msg = f"cannot create the results folder {out} ({exc.strerror}); use another --out"
+        raise UserError(msg) from exc
     device = resolve_device(cfg["device"])
     check_buildable(cfg)
     grid = expand_grid(cfg)

@@ -2,11 +2,13 @@
 
 A job row and its per-sample scores are written in one transaction, so a job
 is either finished with its scores or absent: a killed run loses only the job
-it was in. The driver is the only writer.
+it was in. The driver is the only writer. A done row is never replaced by a failed
+one, and a store that stays locked is a UserError, never a silently lost result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sqlite3
@@ -15,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robustad.errors import UserError
+
+# How long a write waits for another connection's lock before giving up (SQLite's
+# busy timeout). Long enough for another bench process's one-row transactions.
+BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -70,12 +78,33 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        with self._unlocked():
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(SCHEMA)
+            self.conn.commit()
+
+    @contextlib.contextmanager
+    def _unlocked(self):
+        """Turn "database is locked" (after the busy timeout) into one sentence (exit 2)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise UserError(
+                f"the results store {self.path} is locked: another bench process (or an open "
+                "sqlite3 session) is writing to it; wait for it to finish or use another --out"
+            ) from exc
+
+    def check_writable(self) -> None:
+        """Take and release the write lock: a run checks this before any training, so a
+        store held by another process stops it at once instead of losing its first result."""
+        with self._unlocked():
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.rollback()
 
     def close(self) -> None:
         self.conn.close()
@@ -93,8 +122,13 @@ class Store:
         labels=None,
         clean=None,
         adv=None,
-    ) -> None:
-        """Insert or replace one job (and its per-sample scores) atomically."""
+    ) -> bool:
+        """Insert or replace one job (and its per-sample scores) atomically.
+
+        A failed row never replaces a done one (returns False and writes nothing): a later
+        failure of the same job (e.g. an unreadable checkpoint) must not delete a finished
+        result. A write that stays locked past the busy timeout is a UserError.
+        """
         row = dict(row)
         row.setdefault("finished", time.time())
         for col in JSON_COLUMNS:
@@ -102,7 +136,13 @@ class Store:
                 row[col] = json.dumps(row[col], sort_keys=True, default=_json_default)
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self.conn:  # one transaction
+        with self._unlocked(), self.conn:  # one transaction
+            if row.get("status") != "done":
+                # BEGIN IMMEDIATE: the check and the write see the same row
+                self.conn.execute("BEGIN IMMEDIATE")
+                old = self.conn.execute("SELECT status FROM jobs WHERE job_id = ?", (row["job_id"],))
+                if (old.fetchone() or {"status": None})["status"] == "done":
+                    return False
             self.conn.execute(f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
             self.conn.execute("DELETE FROM samples WHERE job_id = ?", (row["job_id"],))
             if labels is not None:
@@ -110,6 +150,7 @@ class Store:
                     "INSERT INTO samples (job_id, labels, clean, adv) VALUES (?, ?, ?, ?)",
                     (row["job_id"], _to_blob(labels), _to_blob(clean), _to_blob(adv)),
                 )
+        return True
 
     # -- reading ------------------------------------------------------------
     def status(self, job_id: str) -> str | None:
