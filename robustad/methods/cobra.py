@@ -28,8 +28,10 @@ class COBRA(ShiftedContrastiveDetector):
     each of the three training attacks, α = 2.5 ε / steps, random start)."""
 
     # 2: the loss takes the release's normalisation (sum over positives, opposite
-    # pairs summed into the same 1/N; see contrastive.cobra_loss)
-    fit_version = 2
+    # pairs summed into the same 1/N; see contrastive.cobra_loss). 3: augmentation rows
+    # without jitter skip it, and the training attacks see the gradient at the box
+    # bounds (methods/box.py)
+    fit_version = 3
 
     def __init__(
         self,

@@ -30,6 +30,9 @@ class CSI(ShiftedContrastiveDetector):
     area of their crop ``test_crop_scale`` (low resolution only), and ``max_train``
     (a seeded subset of the training images; None = all)."""
 
+    # 2: augmentation rows without colour jitter skip it (exact identity, no clamps)
+    fit_version = 2
+
     def __init__(
         self,
         width: int = 64,
