@@ -1,18 +1,46 @@
 """Leaderboards as pure functions of the store (RobustBench style: results are data).
 
-One row per method; per dataset the columns are clean AUROC, one column per
-(attack, threat) and the per-sample worst case over all attacks run on the same
-model. Values are AUROC in %, the mean over normal classes (± the standard
-deviation over seeds when there are several).
+Values are AUROC in %, the mean over normal classes (± the standard deviation over
+seeds when there are several).
+
+Identity: a result is identified by its full parameters, never by a bare name, so two
+results that share a name are never merged and never overwrite each other.
+
+* A **row** is a method configuration: (method name, the fit's full ``params`` with
+  defaults, as stored in ``config['params']``). When the store holds one configuration
+  of a method the row is labelled by the bare name; when it holds several, each row is
+  labelled ``method (k=v, ...)`` with only the parameters that differ among that
+  method's configurations (nested parameters as ``a.b=v``; ``k=unset`` where one
+  configuration lacks a key another has).
+* A **dataset** column group is (dataset name, ``data_params``, ``data_root``),
+  labelled the same way (``fmnist (size=64)``) when one dataset has several.
+* An **attack column** is (attack name, full attack ``params``, norm, ε), per dataset
+  group: labelled by the attack name and the parameters that differ among that
+  attack's configurations in the group (``pgd (steps=10)`` vs ``pgd (steps=100)``),
+  followed by ``norm ε`` when the dataset has several threats.
+* The **worst case** column is per model (per fit) and threat: for every test sample
+  the strongest of all attack configurations run on that model at that threat.
+
+Completeness: a cell averages the (normal class, seed) runs that exist. When an attack
+cell averages fewer runs than the clean cell of the same row and dataset (an eval job
+failed or has not run yet), or a worst-case cell has runs that lack some of the
+row's attack configurations at that threat, the cell is flagged ``[incomplete n/N]``
+(n runs complete of the N behind the clean cell) in every output format, and the
+notes say so: its mean is not over the same classes as the row's clean AUROC. A clean
+cell is flagged the same way when it has fewer runs than all rows of its dataset
+together (a fit failed or has not run).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,19 +51,26 @@ from robustad.threat import format_eps
 
 CONSTANT_DETECTOR_AUROC = 50.0
 WORST = "worst case"
+INCOMPLETE = "incomplete"
 
 
 @dataclass
 class Table:
-    """A leaderboard: ``cells[(method, dataset, column)] = (mean, std or None)``."""
+    """A leaderboard: ``cells[(row label, dataset label, column label)] = (mean, std or None)``."""
 
-    methods: list[str]
-    columns: list[tuple[str, str]]  # (dataset, column label)
+    methods: list[str]  # row labels (see the module docstring)
+    columns: list[tuple[str, str]]  # (dataset label, column label)
     cells: dict[tuple[str, str, str], tuple[float, float | None]] = field(default_factory=dict)
     mode: str = "both"
     notes: list[str] = field(default_factory=list)
-    #: reliability flags (THREAT_MODEL.md) raised on any run behind a cell
+    #: reliability flags (THREAT_MODEL.md) raised on any run behind a cell, and
+    #: ``incomplete n/N`` on cells that average fewer runs than their clean cell
     flags: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    #: row label → (method name, full method params)
+    rows: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    #: (row, dataset, column) → (runs averaged, runs behind the row's clean cell), for
+    #: the incomplete cells only
+    incomplete: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
 
     def flag_text(self, method: str, dataset: str, column: str) -> str:
         flags = self.flags.get((method, dataset, column))
@@ -45,6 +80,105 @@ class Table:
         vals = [self.cells[(m, dataset, column)][0] for m in self.methods
                 if (m, dataset, column) in self.cells]  # fmt: skip
         return max(vals) if vals else None
+
+
+# -- identities and their labels -----------------------------------------------------
+def _canonical(params: Any) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _flatten(params: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_UNSET = object()
+
+
+def _fmt_value(v: Any) -> str:
+    if v is _UNSET:
+        return "unset"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return f"{v:g}"  # values that print alike get a hash suffix (config_labels)
+    if v is None or isinstance(v, (bool, int)):
+        return str(v)
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def config_labels(configs: dict[Any, tuple[str, dict]]) -> dict[Any, str]:
+    """``key → (name, params)`` to ``key → label``: the bare name when the name has one
+    configuration, else ``name (k=v, ...)`` over the parameters that differ among the
+    configurations of that name. Distinct configurations always get distinct labels."""
+    by_name: dict[str, dict[str, dict]] = defaultdict(dict)
+    for name, params in configs.values():
+        by_name[name][_canonical(params)] = params
+    labels_of: dict[tuple[str, str], str] = {}
+    for name, variants in by_name.items():
+        if len(variants) == 1:
+            labels_of[(name, next(iter(variants)))] = name
+            continue
+        flat = {c: _flatten(p) for c, p in variants.items()}
+        keys = sorted({k for f in flat.values() for k in f})
+        differ = [k for k in keys if len({_canonical(f.get(k, _UNSET)) for f in flat.values()}) > 1]
+        made: dict[str, str] = {}
+        for c, f in flat.items():
+            label = f"{name} (" + ", ".join(f"{k}={_fmt_value(f.get(k, _UNSET))}" for k in differ) + ")"
+            made[c] = label
+        counts = Counter(made.values())
+        for c, label in made.items():
+            if counts[label] > 1:  # values that print alike (1 and "1"): tell them apart
+                label = f"{label[:-1]}, #{hashlib.sha256(c.encode()).hexdigest()[:6]})"
+            labels_of[(name, c)] = label
+    return {key: labels_of[(name, _canonical(params))] for key, (name, params) in configs.items()}
+
+
+def _params(row: dict) -> dict:
+    return (row.get("config") or {}).get("params") or {}
+
+
+def _data_config(fit: dict) -> dict:
+    cfg = fit.get("config") or {}
+    root = {"data_root": cfg["data_root"]} if cfg.get("data_root") else {}
+    return {**(cfg.get("data_params") or {}), **root}
+
+
+@dataclass
+class Identities:
+    """Labels of the stored results by job id (see the module docstring)."""
+
+    row: dict[str, str]  # fit job id → row label
+    row_config: dict[str, tuple[str, dict]]  # row label → (method, params)
+    dataset: dict[str, str]  # fit job id → dataset label
+    attack: dict[str, str]  # eval job id → attack label (name and differing params, no threat)
+    attack_key: dict[str, tuple[str, str]]  # eval job id → (attack, canonical params)
+
+
+def identities(fits: dict[str, dict], evals: list[dict]) -> Identities:
+    """Row, dataset and attack labels of ``fits`` (job id → fit row) and ``evals``."""
+    row = config_labels({k: (f["method"], _params(f)) for k, f in fits.items()})
+    dataset = config_labels({k: (f["dataset"], _data_config(f)) for k, f in fits.items()})
+    attack: dict[str, str] = {}
+    per_dataset: dict[str, dict[str, tuple[str, dict]]] = defaultdict(dict)
+    for r in evals:
+        per_dataset[dataset[r["fit_id"]]][r["job_id"]] = (r["attack"], _params(r))
+    for configs in per_dataset.values():
+        attack.update(config_labels(configs))
+    return Identities(
+        row=row,
+        row_config={row[k]: (f["method"], _params(f)) for k, f in fits.items()},
+        dataset=dataset,
+        attack=attack,
+        attack_key={r["job_id"]: (r["attack"], _canonical(_params(r))) for r in evals},
+    )
 
 
 def _column_label(attack: str, norm: str, eps: float, multi_threat: bool) -> str:
@@ -67,61 +201,95 @@ def build_table(store: Store, mode: str = "both") -> Table:
     superseded = superseded_fits(all_fits.values())
     fits = {k: r for k, r in all_fits.items() if k not in superseded}
     evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
+    ids = identities(fits, evals)
 
     threats_per_dataset: dict[str, set] = defaultdict(set)
     for r in evals:
-        threats_per_dataset[r["dataset"]].add((r["norm"], round(r["eps"], 10)))
+        threats_per_dataset[ids.dataset[r["fit_id"]]].add((r["norm"], round(r["eps"], 10)))
 
-    # values[(method, dataset, column)][(class, seed)] = AUROC %
+    # values[(row, dataset, column)][(class, seed)] = AUROC %; source: the job behind it
     values: dict[tuple[str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
+    source: dict[tuple[str, str, str, int, int], str] = {}
+    collisions = 0
+
+    def put(key: tuple[str, str, str], fit: dict, value: float, job_id: str) -> None:
+        nonlocal collisions
+        run = (fit["normal_class"], fit["seed"])
+        if source.setdefault((*key, *run), job_id) != job_id:
+            collisions += 1  # same labels, class and seed, another job: not silently
+        values[key][run] = value
+
     attack_columns: dict[str, list[str]] = defaultdict(list)
-    column_keys: dict[tuple[str, str], tuple[str, str, float]] = {}  # → (attack, norm, eps)
+    column_keys: dict[tuple[str, str], tuple[str, str, float, str]] = {}  # → (attack, norm, eps, label)
     flags: dict[tuple[str, str, str], set[str]] = {}
-    # (fit_id, norm, eps) → [(labels, attacked scores)] of each attack on that model
+    # (fit_id, norm, eps) → [(attack config, labels, attacked scores)] of each attack on that model
     same_model_and_threat: dict[tuple[str, str, float], list] = defaultdict(list)
-    for fit in fits.values():
-        key = (fit["method"], fit["dataset"], "clean")
-        values[key][(fit["normal_class"], fit["seed"])] = 100 * fit["metrics"]["clean_auroc"]
+    for fit_id, fit in fits.items():
+        put((ids.row[fit_id], ids.dataset[fit_id], "clean"), fit, 100 * fit["metrics"]["clean_auroc"], fit_id)
     for r in evals:
-        multi = len(threats_per_dataset[r["dataset"]]) > 1
-        col = _column_label(r["attack"], r["norm"], r["eps"], multi)
-        if col not in attack_columns[r["dataset"]]:
-            attack_columns[r["dataset"]].append(col)
-            column_keys[(r["dataset"], col)] = (r["attack"], r["norm"], r["eps"])
+        row, dataset = ids.row[r["fit_id"]], ids.dataset[r["fit_id"]]
+        multi = len(threats_per_dataset[dataset]) > 1
+        col = _column_label(ids.attack[r["job_id"]], r["norm"], r["eps"], multi)
+        if col not in attack_columns[dataset]:
+            attack_columns[dataset].append(col)
+            column_keys[(dataset, col)] = (r["attack"], r["norm"], r["eps"], ids.attack[r["job_id"]])
         run_flags = (r.get("info") or {}).get("flags") or []
         if run_flags:
-            flags.setdefault((r["method"], r["dataset"], col), set()).update(run_flags)
+            flags.setdefault((row, dataset, col), set()).update(run_flags)
         s = store.samples(r["job_id"])
         labels, clean, adv = s["labels"], s["clean"], s["adv"]
         attacked = one_sided_scores(clean, adv, labels, mode)
-        values[(r["method"], r["dataset"], col)][(r["normal_class"], r["seed"])] = 100 * auroc(
-            attacked, labels
+        put((row, dataset, col), fits[r["fit_id"]], 100 * auroc(attacked, labels), r["job_id"])
+        same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append(
+            (ids.attack_key[r["job_id"]], labels, attacked)
         )
-        same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append((labels, attacked))
+    # attack configurations run on any model of a row, per dataset and threat: what a
+    # complete worst case is over
+    configs_run: dict[tuple[str, str, str, float], set] = defaultdict(set)
     for (fit_id, norm, eps), runs in same_model_and_threat.items():
-        fit = fits[fit_id]
-        if len(runs) < 2:
+        configs_run[(ids.row[fit_id], ids.dataset[fit_id], norm, eps)].update(k for k, _, _ in runs)
+    worst_complete: dict[tuple[str, str, str], int] = Counter()
+    for (fit_id, norm, eps), runs in same_model_and_threat.items():
+        fit, row, dataset = fits[fit_id], ids.row[fit_id], ids.dataset[fit_id]
+        expected = configs_run[(row, dataset, norm, eps)]
+        if len(expected) < 2:
             continue  # a worst case over one attack repeats its column
-        multi = len(threats_per_dataset[fit["dataset"]]) > 1
+        multi = len(threats_per_dataset[dataset]) > 1
         col = f"{WORST} {norm} {format_eps(eps)}" if multi else WORST
-        labels = runs[0][0]
-        values[(fit["method"], fit["dataset"], col)][(fit["normal_class"], fit["seed"])] = 100 * auroc(
-            per_sample_worst_case(labels, [a for _, a in runs]), labels
-        )
-        if col not in attack_columns[fit["dataset"]]:
-            attack_columns[fit["dataset"]].append(col)
+        labels = runs[0][1]
+        worst = per_sample_worst_case(labels, [a for _, _, a in runs])
+        put((row, dataset, col), fit, 100 * auroc(worst, labels), f"worst:{fit_id}:{norm}:{eps}")
+        if {k for k, _, _ in runs} >= expected:
+            worst_complete[(row, dataset, col)] += 1
+        if col not in attack_columns[dataset]:
+            attack_columns[dataset].append(col)
 
-    methods = sorted({f["method"] for f in fits.values()})
-    datasets = sorted({f["dataset"] for f in fits.values()})
+    datasets = sorted(set(ids.dataset.values()))
+    methods = sorted(set(ids.row.values()), key=lambda m: (ids.row_config[m][0], m))
     columns = []
     for d in datasets:
         columns.append((d, "clean"))
         cols = sorted(attack_columns[d], key=lambda c: _column_order(c, column_keys.get((d, c))))
         columns += [(d, c) for c in cols]
-    table = Table(methods=methods, columns=columns, mode=mode, flags=flags)
+    table = Table(methods=methods, columns=columns, mode=mode, flags=flags,
+                  rows={m: ids.row_config[m] for m in methods})  # fmt: skip
     for key, per_run in values.items():
         table.cells[key] = _mean_over_classes_then_seeds(per_run)
-    n_classes = {d: len({f["normal_class"] for f in fits.values() if f["dataset"] == d})
+    # incomplete cells: an attack cell with fewer runs than the clean cell of the same
+    # row and dataset; a clean cell with fewer than all rows of its dataset together
+    dataset_runs: dict[str, set] = defaultdict(set)
+    for (_, dataset, col), per_run in values.items():
+        if col == "clean":
+            dataset_runs[dataset].update(per_run)
+    for (row, dataset, col), per_run in values.items():
+        if col == "clean":
+            n, total = len(per_run), len(dataset_runs[dataset])
+        else:
+            total = len(values[(row, dataset, "clean")])
+            n = worst_complete[(row, dataset, col)] if col.startswith(WORST) else len(per_run)
+        if n < total:
+            table.incomplete[(row, dataset, col)] = (n, total)
+    n_classes = {d: len({f["normal_class"] for k, f in fits.items() if ids.dataset[k] == d})
                  for d in datasets}  # fmt: skip
     for d in datasets:
         threats = ", ".join(f"{n} ε={format_eps(e)}" for n, e in sorted(threats_per_dataset[d]))
@@ -132,6 +300,22 @@ def build_table(store: Store, mode: str = "both") -> Table:
     )
     if flags:
         table.notes.append(FLAG_NOTE)
+    for key, (n, total) in table.incomplete.items():
+        table.flags.setdefault(key, set()).add(f"{INCOMPLETE} {n}/{total}")
+    if table.incomplete:
+        table.notes.append(INCOMPLETE_NOTE)
+    if any(name != label for label, (name, _) in table.rows.items()) or any(
+        attack != config_label for attack, _, _, config_label in column_keys.values()
+    ):
+        table.notes.append(
+            "rows and columns are configurations: `name (k=v, ...)` shows the parameters "
+            "that differ among the configurations of one method or attack."
+        )
+    if collisions:
+        table.notes.append(
+            f"warning: {collisions} result(s) share their row, column, class and seed with "
+            "another stored job (a difference the labels do not show); only the last is counted."
+        )
     for method, n in sorted(Counter(superseded.values()).items()):
         table.notes.append(
             f"left out: {n} {method} model(s) trained before its training code changed "
@@ -195,16 +379,22 @@ FLAG_NOTE = (
     "gradient; masking? = Square beat this white-box attack by over 1 point (gradient masking); "
     "non-monotone = AUROC rose as ε grew in a sweep."
 )
+INCOMPLETE_NOTE = (
+    "[incomplete n/N] = the cell averages n of the N (normal class, seed) runs behind the "
+    "row's clean cell (an eval job failed or has not run, or a worst case lacks some of "
+    "the row's attacks); on a clean cell, n of the N runs of all rows on that dataset "
+    "(a fit failed or has not run): not comparable with the complete cells."
+)
 
 
-def _column_order(label: str, key: tuple[str, str, float] | None) -> tuple:
-    """Attack columns by ATTACK_ORDER (unknown attacks after, by name), then norm and ε;
-    worst-case columns last."""
+def _column_order(label: str, key: tuple[str, str, float, str] | None) -> tuple:
+    """Attack columns by ATTACK_ORDER (unknown attacks after, by name), then norm and ε,
+    then configuration; worst-case columns last."""
     if label.startswith(WORST) or key is None:
-        return (1, 0, label, "", 0.0)
-    attack, norm, eps = key
+        return (1, 0, label, "", 0.0, "")
+    attack, norm, eps, config_label = key
     rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
-    return (0, rank, attack, norm, eps)
+    return (0, rank, attack, norm, eps, config_label)
 
 
 def _fmt(cell: tuple[float, float | None] | None) -> str:

@@ -21,6 +21,7 @@ from robustad.benchmark.leaderboard import (  # noqa: E402
     WORST,
     build_table,
     current_fits,
+    identities,
     per_sample_worst_case,
 )
 from robustad.benchmark.metrics import auroc, one_sided_scores  # noqa: E402
@@ -57,17 +58,26 @@ def plot_clean_vs_attacked(store: Store, out: Path, mode: str = "both") -> list[
         ax.set_ylabel("AUROC (%)")
         ax.set_title(f"{dataset}: clean vs attacked (mode '{mode}')")
         ax.legend(fontsize=7, ncol=2, loc="lower right")
-        paths += _save(fig, out / f"auroc_{dataset}")
+        paths += _save(fig, out / f"auroc_{_file_part(dataset)}")
     return paths
 
 
+def _file_part(label: str) -> str:
+    """A row or dataset label (``cobra (lambda_opp=0)``) as part of a file name."""
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in label).strip("_")
+
+
 def plot_score_histograms(store: Store, out: Path) -> list[Path]:
-    """Per method and dataset: scores of normal and anomalous test samples before and
-    after the strongest attack (lowest AUROC), for the first normal class."""
+    """Per leaderboard row (method configuration) and dataset: scores of normal and
+    anomalous test samples before and after the strongest attack (lowest AUROC), for
+    the first normal class."""
     paths = []
-    evals = store.jobs(kind="eval", status="done")
-    for method, dataset in sorted({(r["method"], r["dataset"]) for r in evals}):
-        rows = [r for r in evals if r["method"] == method and r["dataset"] == dataset]
+    fits = current_fits(store)
+    evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
+    ids = identities(fits, evals)
+    key = {r["job_id"]: (ids.row[r["fit_id"]], ids.dataset[r["fit_id"]]) for r in evals}
+    for method, dataset in sorted(set(key.values())):
+        rows = [r for r in evals if key[r["job_id"]] == (method, dataset)]
         first_class = min(r["normal_class"] for r in rows)
         rows = [r for r in rows if r["normal_class"] == first_class and r["attack"] != "none"]
         if not rows:
@@ -78,7 +88,7 @@ def plot_score_histograms(store: Store, out: Path) -> list[Path]:
         lo, hi = np.percentile(np.r_[clean, adv], [0.5, 99.5])
         bins = np.linspace(lo, hi, 40)
         fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharex=True, sharey=True)
-        for ax, scores, title in ((axes[0], clean, "clean"), (axes[1], adv, strongest["attack"])):
+        for ax, scores, title in ((axes[0], clean, "clean"), (axes[1], adv, ids.attack[strongest["job_id"]])):
             ax.hist(np.clip(scores[y == 0], lo, hi), bins, alpha=0.6, label="normal")
             ax.hist(np.clip(scores[y == 1], lo, hi), bins, alpha=0.6, label="anomalous")
             ax.set_title(f"{title}")
@@ -90,35 +100,38 @@ def plot_score_histograms(store: Store, out: Path) -> list[Path]:
             f"{100 * strongest['metrics']['adv_auroc']:.1f}",
             y=1.04,  # clear of the panel titles
         )
-        paths += _save(fig, out / f"scores_{method}_{dataset}")
+        paths += _save(fig, out / f"scores_{_file_part(method)}_{_file_part(dataset)}")
     return paths
 
 
 def robustness_curves(store: Store, mode: str = "both") -> dict:
     """``{(dataset, norm): {attack: {method: [(ε, mean AUROC %), ...]}}}`` from stored
-    per-sample scores, ε = 0 being the clean AUROC. AUROC is averaged over normal
+    per-sample scores, ε = 0 being the clean AUROC; dataset, attack and method are the
+    leaderboard's configuration labels (``pgd (steps=10)``; see leaderboard), so two
+    configurations that share a name are two curves. AUROC is averaged over normal
     classes and seeds; the per-sample worst case over all attacks appears as the
     attack ``"worst case"`` when more than one attack was run."""
     fits = current_fits(store)
     evals = [r for r in store.jobs(kind="eval", status="done") if r["fit_id"] in fits]
+    ids = identities(fits, evals)
     runs = defaultdict(list)  # (dataset, norm, attack, method, eps) → AUROCs
-    # (fit_id, norm, eps) → {attack: (labels, attacked scores)}
-    same_model_and_threat: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+    # (fit_id, norm, eps) → [(labels, attacked scores)] of each attack configuration
+    same_model_and_threat: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for r in evals:
         s = store.samples(r["job_id"])
         y = s["labels"]
         attacked = one_sided_scores(s["clean"], s["adv"], y, mode)
-        runs[(r["dataset"], r["norm"], r["attack"], r["method"], r["eps"])].append(100 * auroc(attacked, y))
-        same_model_and_threat[(r["fit_id"], r["norm"], r["eps"])][r["attack"]] = (y, attacked)
+        method, dataset = ids.row[r["fit_id"]], ids.dataset[r["fit_id"]]
+        runs[(dataset, r["norm"], ids.attack[r["job_id"]], method, r["eps"])].append(100 * auroc(attacked, y))
+        same_model_and_threat[(r["fit_id"], r["norm"], r["eps"])].append((y, attacked))
     for (fit_id, norm, eps), per_attack in same_model_and_threat.items():
         if len(per_attack) > 1:
-            fit = fits[fit_id]
-            y = next(iter(per_attack.values()))[0]
-            worst = per_sample_worst_case(y, [a for _, a in per_attack.values()])
-            runs[(fit["dataset"], norm, WORST, fit["method"], eps)].append(100 * auroc(worst, y))
+            y = per_attack[0][0]
+            worst = per_sample_worst_case(y, [a for _, a in per_attack])
+            runs[(ids.dataset[fit_id], norm, WORST, ids.row[fit_id], eps)].append(100 * auroc(worst, y))
     clean = defaultdict(list)
-    for f in fits.values():
-        clean[(f["dataset"], f["method"])].append(100 * f["metrics"]["clean_auroc"])
+    for k, f in fits.items():
+        clean[(ids.dataset[k], ids.row[k])].append(100 * f["metrics"]["clean_auroc"])
     curves: dict = defaultdict(lambda: defaultdict(dict))
     for (dataset, norm, attack, method, eps), vals in runs.items():
         curve = curves[(dataset, norm)][attack].setdefault(
@@ -157,7 +170,7 @@ def plot_robustness_curves(store: Store, out: Path, mode: str = "both") -> list[
         axes[0][0].set_ylabel("AUROC (%)")
         axes[0][-1].legend(fontsize=7, loc="lower left")
         fig.suptitle(f"{dataset}: robustness curves (mode '{mode}'; dashed: constant detector)", y=1.04)
-        paths += _save(fig, out / f"curves_{dataset}_{norm}")
+        paths += _save(fig, out / f"curves_{_file_part(dataset)}_{norm}")
     return paths
 
 
