@@ -1,8 +1,10 @@
 """The ``bench`` command: run, leaderboard, plot, list.
 
-User errors (unknown names, missing files, impossible ε, ...) print one sentence
-and exit with status 2; an interrupted run exits with status 2 too and keeps every
-finished job, so the same command resumes.
+User errors (unknown names, missing files, impossible ε or attack parameters, an
+unknown device, ``--out`` naming a file, a locked store, ...) print one sentence and
+exit with status 2, found before any training where the config alone shows them;
+an interrupted run exits with status 2 too and keeps every finished job, so the
+same command resumes.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", dest="data_root", help="folder holding datasets")
     run.add_argument("--download", action="store_true", default=None,
                      help="download missing datasets (needs the network)")  # fmt: skip
-    run.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda")
+    run.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
     run.add_argument("--executor", help="local (default)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     _add_out(run)

@@ -279,7 +279,7 @@ def test_a_methods_fit_version_is_part_of_its_fit_identity_only():
     cobra = by_method["cobra"]
     from robustad.registry import METHODS
 
-    assert cobra.method_version == METHODS.get("cobra").factory.fit_version == 2
+    assert cobra.method_version == METHODS.get("cobra").factory.fit_version > 1
     # the version changes the id (a cached COBRA checkpoint from before the loss change
     # is not reused); version 1 leaves the spec as it was, so other ids are stable
     assert cobra.job_id != replace(cobra, method_version=1).job_id

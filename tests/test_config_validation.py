@@ -84,6 +84,17 @@ def test_config_mistakes_are_exit_2_before_training(tmp_path, capsys, fits, key,
     _no_results(out)
 
 
+def test_misspelt_torchattacks_parameter_is_exit_2(tmp_path, capsys, fits):
+    pytest.importorskip("torchattacks")
+    text = "attack_params:\n  ta:PGD: {stepz: 2}\n"
+    out = tmp_path / "res"
+    code = main([*RUN, "--attacks", "ta:PGD", *_config(tmp_path, text), "--out", str(out)])
+    err = _one_sentence_exit_2(capsys, code)
+    assert "no parameter(s) stepz" in err and "steps" in err
+    assert fits == []
+    _no_results(out)
+
+
 @pytest.mark.parametrize("attack, params", [("apgd", "{steps: 0}"), ("square", "{queries: 0}")])
 def test_impossible_attack_values_name_the_attack(tmp_path, capsys, fits, attack, params):
     text = f"attack_params:\n  {attack}: {params}\n"
