@@ -245,6 +245,11 @@ def check_buildable(cfg: dict[str, Any]) -> None:
                 raise UserError(
                     f"{registry.kind} {name!r} cannot be built with {key} {params}: {exc}"
                 ) from exc
+            # An attack that supports only some norms (ta:PGD is L∞ only) says so now,
+            # not after training.
+            check_norm = getattr(obj, "check_norm", None)
+            if callable(check_norm) and cfg.get("norm"):
+                check_norm(cfg["norm"])
             # ta:<Name> passes its keywords on to a torchattacks class: check their names
             # against that class now, not when the attack first runs after training.
             target, given = getattr(obj, "cls", None), getattr(obj, "params", None)

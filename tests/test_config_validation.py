@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+import robustad as ra
 from robustad.benchmark import runner
 from robustad.benchmark import store as store_mod
 from robustad.benchmark.store import Store
@@ -269,3 +270,12 @@ def test_library_versions_name_the_optional_packages(monkeypatch):
         assert versions[name] and versions[name] != "not installed"
     assert versions["torchattacks"] == "not installed"
     assert versions["torch"] and versions["numpy"]
+
+
+def test_ta_attack_under_a_norm_it_does_not_support_is_exit_2_before_training(tmp_path):
+    pytest.importorskip("torchattacks")
+    from robustad.config import resolve
+
+    # resolve() validates: the norm mismatch is a UserError before any job exists
+    with pytest.raises(ra.UserError, match="use ta:PGDL2 for --norm L2"):
+        resolve("quick", overrides={"methods": ["deepsvdd"], "attacks": ["ta:PGD"], "norm": "L2"})
