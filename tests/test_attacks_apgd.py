@@ -163,3 +163,49 @@ def test_eot_is_used_for_stochastic_detectors_and_helps():
 def test_quadratic_detector_center_is_a_buffer():
     det = Quadratic(torch.zeros(1, 2, 2))
     assert "center" in det.state_dict()
+
+
+def _fixed_start(monkeypatch):
+    import robustad.attacks.apgd as apgd_module
+
+    monkeypatch.setattr(apgd_module, "random_start", lambda x, threat, generator: x.clone())
+
+
+def test_apgd_trajectory_by_hand_momentum_and_halving(monkeypatch):
+    # One pixel x = 0.5, an anomaly pulled toward c = 0.56 (objective −(x − c)²),
+    # L∞ ε = 0.1 (so η starts at 0.2), three steps, checkpoints after steps 1, 2, 3,
+    # and the start fixed at x. By hand (Croce & Hein 2020, Alg. 1):
+    #   step 1 (no momentum): z = P(0.5 + 0.2) = 0.6 = x1, f = −0.0016 > −0.0036.
+    #     checkpoint 1: one increase of one step, best improved: η stays 0.2.
+    #   step 2: z = P(0.6 − 0.2) = 0.4; x2 = 0.6 + 0.75(0.4 − 0.6) + 0.25(0.6 − 0.5)
+    #     = 0.475, f = −0.007225: no increase.
+    #     checkpoint 2: 0 increases < 0.75 → η = 0.1, restart from the best point 0.6.
+    #   step 3: z = P(0.6 − 0.1) = 0.5; x3 = 0.6 + 0.75(0.5 − 0.6) = 0.525, f = −0.001225,
+    #     the best point. Without momentum step 3 lands on 0.5 (f = −0.0036); without
+    #     halving, on 0.6 + 0.75(0.4 − 0.6) = 0.45: either way the best stays 0.6.
+    from test_attack_toys import Quadratic
+
+    _fixed_start(monkeypatch)
+    det = Quadratic(torch.full((1, 1, 1), 0.56))
+    x, y = torch.full((1, 1, 1, 1), 0.5), torch.ones(1, dtype=torch.long)
+    assert checkpoints(3) == [1, 2, 3]
+    x_adv = ra.create_attack("apgd", steps=3).perturb(det, x, y, ra.ThreatModel("Linf", 0.1))
+    assert x_adv.item() == pytest.approx(0.525, abs=1e-6)
+    assert objective(det.score(x_adv), y).item() == pytest.approx(-(0.035**2), abs=1e-7)
+
+
+def test_apgd_halving_reaches_an_interior_optimum():
+    # Anomalies whose nearest point to c lies inside the ball: the optimum is x = c,
+    # objective 0, which sign steps of a fixed size (2ε, projected) can only bounce
+    # around. With η halved at the checkpoints APGD closes in on c. Stated: every
+    # pixel within ε/100 of c after 100 steps (η can fall to 2ε/2^8 by then).
+    from test_attack_toys import Quadratic
+
+    eps = 0.05
+    g = torch.Generator().manual_seed(0)
+    center = 0.3 + 0.4 * torch.rand(1, 4, 4, generator=g)
+    x = center + eps * (2 * torch.rand(8, 1, 4, 4, generator=g) - 1) * 0.9
+    y = torch.ones(8, dtype=torch.long)
+    det = Quadratic(center)
+    x_adv = ra.create_attack("apgd", steps=100).perturb(det, x, y, ra.ThreatModel("Linf", eps))
+    assert (x_adv - center).abs().max() <= eps / 100

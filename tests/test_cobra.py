@@ -269,3 +269,41 @@ def test_impossible_test_crop_scale_is_a_user_error():
 
     with pytest.raises(UserError, match="test_crop_scale"):
         METHODS.create("csi", **{**TINY, "test_crop_scale": 1.5}).build((1, 28, 28))
+
+
+def test_score_gradient_matches_finite_differences_per_term(fitted_cobra, digits):
+    # In float64: the autograd gradient of the score and of each of its two terms
+    # (similarity to the bank, group-head logit) matches a central finite difference at
+    # pixels inside the box, and the score's gradient is −mean_k of the weighted term
+    # gradients, so neither term's gradient can be dropped (e.g. by a detach).
+    import copy
+
+    det = copy.deepcopy(fitted_cobra).double().eval()
+    g = torch.Generator().manual_seed(0)
+    x = (0.05 + 0.9 * (0.7 * digits.test_x[:4].double() + 0.3 * torch.rand(4, 1, 8, 8, generator=g))).detach()
+
+    def terms(t):
+        sim, h = det.normality_terms(t)
+        return {
+            "score": det.score(t),
+            "similarity": -(sim * det.weight_sim).mean(1),
+            "group": -(h * det.weight_group).mean(1),
+        }
+
+    xg = x.clone().requires_grad_(True)
+    values = terms(xg)
+    grads = {k: torch.autograd.grad(v.sum(), xg, retain_graph=True)[0] for k, v in values.items()}
+    assert torch.allclose(grads["score"], grads["similarity"] + grads["group"], atol=1e-12)
+    assert grads["group"].abs().max() > 0.05 * grads["score"].abs().max()  # the term matters
+    h = 1e-6
+    pixels = torch.randperm(64, generator=g)[:6]
+    for p in pixels.tolist():
+        e = torch.zeros_like(x).flatten(1)
+        e[:, p] = h
+        e = e.view_as(x)
+        with torch.no_grad():
+            up, down = terms(x + e), terms(x - e)
+        for k in values:
+            fd = (up[k] - down[k]) / (2 * h)
+            ad = grads[k].flatten(1)[:, p]
+            assert torch.allclose(ad, fd, rtol=1e-4, atol=1e-4 * grads[k].abs().max().item()), (k, p)

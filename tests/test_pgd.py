@@ -121,3 +121,28 @@ def test_pgd_is_deterministic_under_seed(digits0, trained_svdd):
     a = ra.create_attack("pgd", seed=3).perturb(trained_svdd, x, y, threat)
     b = ra.create_attack("pgd", seed=3).perturb(trained_svdd, x, y, threat)
     assert torch.equal(a, b)
+
+
+def test_pgd_returns_its_best_iterate_when_the_last_is_worse():
+    # Anomalies are pulled toward c (s = ‖x − c‖², objective −‖x − c‖²) with a fixed
+    # L∞ step α and no random start. Every pixel starts 3α/4 from c, so the first step
+    # overshoots to α/4 on the far side and the second comes back: the iterates
+    # alternate between x (distance 3α/4 per pixel) and x + α·sign(c − x) (α/4). After
+    # an even number of steps the last iterate is x again; the best one, which PGD must
+    # return, is the other, with objective −n(α/4)² instead of −n(3α/4)².
+    from test_attack_toys import Quadratic
+
+    alpha, n_pix = 0.04, 16
+    g = torch.Generator().manual_seed(0)
+    center = 0.4 + 0.2 * torch.rand(1, 4, 4, generator=g)
+    signs = torch.where(torch.rand(6, 1, 4, 4, generator=g) < 0.5, -1.0, 1.0)
+    x = center - 0.75 * alpha * signs
+    y = torch.ones(6, dtype=torch.long)
+    det = Quadratic(center)
+    threat = ra.ThreatModel("Linf", 0.1)  # > α: the ball never binds
+    x_adv = ra.create_attack("pgd", steps=4, alpha=alpha, random_start=False).perturb(det, x, y, threat)
+    assert torch.allclose(x_adv, x + alpha * signs, atol=1e-6)
+    got = objective(det.score(x_adv), y)
+    assert torch.allclose(got, torch.full((6,), -n_pix * (alpha / 4) ** 2), atol=1e-7)
+    last = objective(det.score(x), y)  # the last iterate is the start
+    assert (got > last + n_pix * alpha**2 / 4).all()
