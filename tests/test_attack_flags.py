@@ -7,6 +7,7 @@ from test_attack_toys import Rounded, overlapping_batch
 import robustad as ra
 from robustad.attacks.reliability import MASKING, NON_MONOTONE, ZERO_GRAD, cross_job_flags, job_flags
 from robustad.benchmark.leaderboard import build_table, per_sample_worst_case_auroc, to_csv, to_markdown
+from robustad.benchmark.runner import method_fit_version
 from robustad.benchmark.store import Store
 
 THREAT = ra.ThreatModel("Linf", 8 / 255)
@@ -113,13 +114,15 @@ def test_leaderboard_shows_stored_flags(tmp_path):
 
 
 def test_leaderboard_leaves_out_models_from_an_older_fit_version(tmp_path):
-    # Two COBRA fits of the same class and seed: one made before COBRA's loss change
-    # (no method_version in its spec, i.e. 1), one after (2). Only the new one counts.
+    # Two COBRA fits of the same class and seed: one made before COBRA's first training
+    # change (no method_version in its spec, i.e. 1), one at today's fit_version. Only
+    # the new one counts.
     labels = np.array([0, 0, 1, 1])
     with Store(tmp_path / "bench.sqlite") as store:
         base = {"method": "cobra", "dataset": "digits", "normal_class": 0, "seed": 0, "status": "done",
                 "kind": "fit"}  # fmt: skip
-        new = {"job_id": "fit-new", "config": {"method_version": 2}, "metrics": {"clean_auroc": 1.0}}
+        current = method_fit_version("cobra")
+        new = {"job_id": "fit-new", "config": {"method_version": current}, "metrics": {"clean_auroc": 1.0}}
         store.put({**base, **new}, labels=labels, clean=np.array([0.1, 0.2, 0.8, 0.9]))
         # stored last, so without the version check it would be the one shown
         store.put({**base, "job_id": "fit-old", "config": {}, "metrics": {"clean_auroc": 0.0}},
