@@ -156,6 +156,89 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
         "the jitter's clamps pass a zero gradient at exactly 0 and 1",
     ),
+    Mutant(
+        "batch-wide-random-starts",
+        (
+            (
+                "robustad/attacks/base.py",
+                "SampleRNG(x, self.seed))",
+                "torch.Generator().manual_seed(self.seed))",
+            ),
+        ),
+        (
+            "tests/test_gradient_masking.py::test_attack_result_of_a_sample_does_not_depend_on_its_batch",
+        ),
+        "random starts drawn for the whole batch: a sample's result depends on --batch-size",
+    ),
+    Mutant(
+        "aa-members-share-a-seed",
+        (
+            (
+                "robustad/attacks/aa.py",
+                "MEMBER_SEED_OFFSET = {name: i for i, name in enumerate(MEMBERS)}",
+                "MEMBER_SEED_OFFSET = {name: 0 for name in MEMBERS}",
+            ),
+        ),
+        (
+            "tests/test_gradient_masking.py::"
+            "test_aa_members_start_from_different_points_and_report_what_each_adds",
+        ),
+        "apgd-ce retraces apgd-ad from the same start",
+    ),
+    Mutant(
+        "attacked-may-beat-clean",
+        (
+            (
+                "robustad/benchmark/metrics.py",
+                "    return np.where(d * adv >= d * clean, adv, clean)",
+                "    return adv",
+            ),
+        ),
+        ("tests/test_gradient_masking.py::test_stochastic_detector_attacked_auroc_never_exceeds_clean",),
+        "a stochastic detector's attacked score is a fresh draw, which can beat the clean one",
+    ),
+    Mutant(
+        "box-masking-flag-off",
+        (
+            (
+                "robustad/attacks/base.py",
+                "    masked = at_bound & (grad == 0) & (grad_inside != 0)",
+                "    masked = at_bound & (grad == 0) & (grad_inside != 0) & False",
+            ),
+        ),
+        ("tests/test_gradient_masking.py::test_box_masking_flag_catches_a_torch_clamp_on_the_score_path",),
+        "the per-pixel box check never sees the masking",
+    ),
+    Mutant(
+        "failure-overwrites-done-row",
+        (
+            (
+                "robustad/benchmark/store.py",
+                '''                if (old.fetchone() or {"status": None})["status"] == "done":''',
+                '''                if False:''',
+            ),
+        ),
+        ("tests/test_config_validation.py::test_store_never_overwrites_a_done_row_with_a_failed_one",),
+        "a later failure of a finished job replaces its row and deletes its scores",
+    ),
+    Mutant(
+        "leaderboard-keys-by-name",
+        (
+            (
+                "robustad/benchmark/leaderboard.py",
+                "        differ = [k for k in keys if len({_canonical(f.get(k, _UNSET)) "
+                "for f in flat.values()}) > 1]",
+                "        differ: list = []",
+            ),
+            (
+                "robustad/benchmark/leaderboard.py",
+                "            if counts[label] > 1:",
+                "            if False:",
+            ),
+        ),
+        ("tests/test_leaderboard.py::test_two_configurations_of_one_method_and_one_attack_are_kept_apart",),
+        "two configurations of one method (or attack) share a row (column) and overwrite each other",
+    ),
 )
 
 CANARY = Mutant(
