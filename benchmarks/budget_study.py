@@ -65,8 +65,9 @@ def table(records: list[dict]) -> str:
     heads += [f"pgd-100 {format_eps(e)}" for e in eps] + ["aa 8/255", "worst 8/255"]
     lines = ["| method | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * (len(heads) - 1)]
     for r in records:
-        cells = [r["encoder"], str(r["epochs"]), str(r["images"]), f"{r['passes']:,}", f"{r['fit_s'] / 60:.1f}",
-                 fmt(r["clean"])] + [fmt(r["pgd"].get(e)) for e in eps] + [fmt(r.get("aa")), fmt(r.get("worst"))]  # fmt: skip
+        cells = [r["encoder"], str(r["epochs"]), str(r["images"]), f"{r['passes']:,}"]
+        cells += [f"{r['fit_s'] / 60:.1f}", fmt(r["clean"])] + [fmt(r["pgd"].get(e)) for e in eps]
+        cells += [fmt(r.get("aa")), fmt(r.get("worst"))]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
