@@ -12,6 +12,12 @@ robustness curves (AUROC against ε, before dashed, after solid).
 
     python benchmarks/fix_study.py results/fixes/before/bench.sqlite results/fixes/after/bench.sqlite \\
         --plot results/fixes/robustness_curves.png
+
+``--box-check OUT`` measures instead the per-pixel gradient statistics of
+``attacks/base.gradient_diagnostics`` (this checkout's file) on every model saved in
+``OUT/checkpoints``, scored by whatever ``robustad`` is importable: run it with
+``PYTHONPATH`` at a checkout of the old code to see what the box-masking check
+would have said about the old score.
 """
 
 from __future__ import annotations
@@ -125,12 +131,51 @@ def plot(before: dict, after: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def box_check(out: str) -> str:
+    """Gradient statistics of each saved model of a study store, as a Markdown table."""
+    import importlib.util
+    from pathlib import Path
+
+    import robustad
+    from robustad.datasets import load_dataset
+    from robustad.methods.base import load_detector_state
+    from robustad.registry import METHODS
+
+    # This checkout's diagnostic, whatever robustad version scores the model.
+    path = Path(__file__).resolve().parent.parent / "robustad" / "attacks" / "base.py"
+    spec = importlib.util.spec_from_file_location("fix_study_base", path)
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+
+    lines = [f"scored by robustad at {Path(robustad.__file__).parent}", ""]
+    lines += ["| method | zero-grad samples | zero-grad pixels | box-masked pixels |", "|---|---:|---:|---:|"]
+    with Store(Path(out) / "bench.sqlite") as store:
+        for fit in store.jobs(kind="fit", status="done"):
+            det = METHODS.create(fit["method"], **fit["config"]["params"])
+            load_detector_state(det, Path(out) / "checkpoints" / f"{fit['job_id']}.pt")
+            det.eval()
+            data = load_dataset(fit["dataset"], fit["normal_class"], **fit["config"].get("data_params", {}))
+            stats = defaultdict(float)
+            for i in range(0, len(data.test_x), 100):
+                x, y = data.test_x[i : i + 100], data.test_y[i : i + 100]
+                for k, v in base.gradient_diagnostics(det.score, x, y).items():
+                    stats[k] += v * len(x) / len(data.test_x)
+            keys = ("zero_grad_frac", "zero_grad_pixel_frac", "box_masked_frac")
+            pct = [f"{100 * stats[k]:.1f}%" for k in keys]
+            lines.append(f"| {fit['method']} | " + " | ".join(pct) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("before")
-    ap.add_argument("after")
+    ap.add_argument("before", nargs="?")
+    ap.add_argument("after", nargs="?")
     ap.add_argument("--plot", help="write the robustness curves to this PNG")
+    ap.add_argument("--box-check", metavar="OUT", help="gradient statistics of the models saved in OUT")
     args = ap.parse_args()
+    if args.box_check:
+        print(box_check(args.box_check))
+        return
     with Store(args.before) as b, Store(args.after) as a:
         before, after = collect(b), collect(a)
     print(report(before, after))
