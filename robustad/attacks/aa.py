@@ -42,7 +42,7 @@ import torch
 
 from robustad.attacks.adapter import TwoLogitView, margin_objective
 from robustad.attacks.apgd import APGD
-from robustad.attacks.base import Attack, direction, objective
+from robustad.attacks.base import Attack, direction, objective, seeded_global_rng
 from robustad.attacks.square import run_square
 from robustad.errors import UserError
 from robustad.registry import register_attack
@@ -121,9 +121,7 @@ class AutoAttackAD(Attack):
             return member.perturb(detector, x, y, threat)
         atk = anomaly_apgd(view, "ad" if name == "apgd-ad" else "ce", threat.norm, threat.eps,
                            self.apgd_steps, self.apgd_restarts, eot_iter, seed)  # fmt: skip
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # seeded, caller's RNG untouched
-            torch.manual_seed(seed)
+        with seeded_global_rng(seed, x.device):
             return atk.perturb(x, y.long(), best_loss=True).detach()
 
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:

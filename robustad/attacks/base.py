@@ -9,6 +9,7 @@ AUROC can never exceed the clean one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 
@@ -70,6 +71,16 @@ class SampleRNG:
     def draw(self, fn: Callable, shape: tuple[int, ...]) -> Tensor:
         """``fn(shape[1:])`` for each sample from its own generator, stacked: ``shape``."""
         return torch.stack([fn(tuple(shape[1:]), generator=g) for g in self.generators])
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device):
+    """Run code that draws from torch's global RNG (AutoAttack, torchattacks) from a
+    fixed seed, leaving the caller's random state as it was."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _sample_seed(seed: int, data: bytes) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from robustad.attacks.adapter import TwoLogitView, margin_objective
-from robustad.attacks.base import Attack, objective
+from robustad.attacks.base import Attack, objective, seeded_global_rng
 from robustad.errors import UserError
 from robustad.registry import register_attack
 
@@ -65,9 +65,7 @@ def run_square(
     atk.init_hyperparam(x)
     # AutoAttack draws from the global RNG; fork it so the run is seeded and leaves
     # the caller's random state alone.
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed, x.device):
         _, x_best = atk.attack_single_run(x, y.long())
     return x_best
 

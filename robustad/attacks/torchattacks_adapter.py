@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from robustad.attacks.adapter import TwoLogitView, ViewBatchError
-from robustad.attacks.base import Attack, direction, objective, project
+from robustad.attacks.base import Attack, direction, objective, project, seeded_global_rng
 from robustad.errors import UnknownNameError, UserError
 from robustad.registry import ATTACKS, Entry
 from robustad.threat import NORMS
@@ -149,9 +149,7 @@ class TorchAttacksAttack(Attack):
 
     def _attack(self, view: TwoLogitView, x, y, threat) -> torch.Tensor:
         atk = self._torchattack(view, threat)
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+        with seeded_global_rng(self.seed, x.device):
             return atk(x, y.long()).detach()
 
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
