@@ -25,7 +25,9 @@ from robustad.registry import register_method
 class COBRA(ShiftedContrastiveDetector):
     """CSI's parameters plus ``opposite_weight`` (λ_opp), ``eps_train`` (``"auto"``:
     8/255 up to 64 px, 2/255 above; or a number) and ``train_attack_steps`` (steps of
-    each of the three training attacks, α = 2.5 ε / steps, random start)."""
+    each of the three training attacks, α = 2.5 ε / steps, random start). ``amp``,
+    ``channels_last``, ``torch_compile``: CSI's training-speed switches (CUDA only; the
+    training attacks' steps and projections stay float32)."""
 
     # 2: the loss takes the release's normalisation (sum over positives, opposite
     # pairs summed into the same 1/N; see contrastive.cobra_loss). 3: augmentation rows
@@ -54,8 +56,13 @@ class COBRA(ShiftedContrastiveDetector):
         opposite_weight: float = 1.0,
         eps_train: float | str = "auto",
         train_attack_steps: int = 10,
+        amp: str | None = None,
+        channels_last: bool = False,
+        torch_compile: bool = False,
     ):
         super().__init__()
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         if isinstance(eps_train, str) and eps_train != "auto":
             from robustad.threat import parse_eps
 

@@ -14,7 +14,10 @@ are concatenated, block b at rows ``b·K·B ...``.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -197,15 +200,28 @@ def cobra_loss(
     """
     logp = log_softmax_offdiag(z, temperature)
     n = len(z)
-    pos = positive_mask(batch, groups, blocks).to(z.device)
+    pos = _loss_index(batch, groups, blocks, z.device, "positive_mask")
     pos_sum = -logp.masked_fill(~pos, 0.0).sum()
     if opposite_weight == 0 or groups < 2:
         return pos_sum / n
-    pairs = opposite_pairs(batch, groups, tuple(range(min(blocks, 2)))).to(z.device)
+    pairs = _loss_index(batch, groups, blocks, z.device, "opposite_pairs")
     p = logp.exp()
     a, o = pairs[:, 0], pairs[:, 1]
     opp_sum = (torch.log(p[a, o] + LOG_FLOOR) + torch.log(p[o, a] + LOG_FLOOR)).sum()
     return (pos_sum + opposite_weight * opp_sum) / n
+
+
+@functools.lru_cache(maxsize=32)
+def _loss_index(batch: int, groups: int, blocks: int, device: torch.device, which: str) -> Tensor:
+    """:func:`positive_mask` or :func:`opposite_pairs` of a layout, made once per device.
+
+    The same tensors as building them at every step (they depend on the layout only),
+    without a host-to-device copy and a Python loop per training step on a GPU.
+    Callers must not modify them in place.
+    """
+    if which == "positive_mask":
+        return positive_mask(batch, groups, blocks).to(device)
+    return opposite_pairs(batch, groups, tuple(range(min(blocks, 2)))).to(device)
 
 
 def anchored_nt_xent(z_anchor: Tensor, z_other: Tensor, target: Tensor, temperature: float) -> Tensor:
@@ -256,12 +272,25 @@ class ShiftedContrastiveDetector(Detector):
     Attributes read here (set by the subclass constructors through ``store_hparams``
     or as class attributes): width, blocks, stem, weights, proj_dim, pseudo_anomalies,
     groups, epochs, batch_size, lr, warmup_epochs, weight_decay, temperature,
-    test_views, max_train, opposite_weight, eps_train, train_attack_steps.
+    test_views, max_train, opposite_weight, eps_train, train_attack_steps, and the
+    training-speed switches amp, channels_last, torch_compile (:meth:`speed_switches`).
     """
 
     opposite_weight: float = 0.0
     eps_train: float | str = 0.0
     train_attack_steps: int = 0
+    # Training-speed switches (constructor parameters of CSI and COBRA). They act on
+    # CUDA only and on the training step only; see speed_switches.
+    amp: str | None = None
+    channels_last: bool = False
+    torch_compile: bool = False
+    #: set on an instance (not a constructor parameter) to plan the epochs while
+    #: training: called after each epoch but the last with (epochs done, seconds that
+    #: epoch took), returns the total number of epochs to train (clamped to between the
+    #: epochs done and ``epochs``); the warm-up and the cosine decay are rescaled to it.
+    #: None (the default): ``epochs``. For time-budgeted measurements
+    #: (benchmarks/gpu_paper_check.py); it makes a fit depend on the clock.
+    epoch_plan: Callable[[int, float], int] | None = None
 
     def build(self, input_shape: tuple[int, int, int]) -> None:
         super().build(input_shape)
@@ -332,7 +361,19 @@ class ShiftedContrastiveDetector(Detector):
             "pseudo_anomalies": self.pseudo.describe(),
             "opposite_weight": self.opposite_weight,
             "train_images_used": int(self.bank.shape[0]),
+            **self._speed_info(),
         }
+
+    def _speed_info(self) -> dict[str, Any]:
+        # Recorded only when a switch was asked for, so default fits record what they did before.
+        out: dict[str, Any] = {}
+        notes = getattr(self, "_speed_notes", None)
+        if notes is not None and (self.amp is not None or self.channels_last or self.torch_compile):
+            out["training_speedups"] = notes
+        trained = getattr(self, "_epochs_trained", None)
+        if trained is not None and trained != self.epochs:
+            out["epochs_trained"] = trained
+        return out
 
     @property
     def adversarial(self) -> bool:
@@ -402,6 +443,55 @@ class ShiftedContrastiveDetector(Detector):
         self.weight_group = 1.0 / mean_h.abs().clamp(min=1e-3)
 
     # -- training ---------------------------------------------------------------------------
+    def speed_switches(self, device: str | torch.device) -> tuple[torch.dtype | None, bool, bool, str]:
+        """What the training-speed switches do on ``device``: (autocast dtype or None,
+        channels_last, torch.compile, a note recorded in :meth:`info`).
+
+        ``amp``: None (float32 training), ``"bf16"`` or ``"fp16"`` (``torch.autocast`` of
+        the network's forward passes in the training step, COBRA's training attacks
+        included; fp16 with a ``GradScaler``). The losses, the attacks' steps and
+        projections, the bank and weights (:meth:`_fit_score_statistics`), the score and
+        every evaluation attack stay float32, so the attacked function is the reported
+        one. ``channels_last``: the network in channels-last memory format while it
+        trains (back to the default format before the score statistics).
+        ``torch_compile``: ``torch.compile`` of the network for the training forwards
+        (unmeasured: off in every preset). All three act on CUDA only; on any other
+        device they are ignored (the note says so) and training is the float32 code
+        path, bit for bit.
+        """
+        if self.amp not in (None, "bf16", "fp16"):
+            raise UserError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        asked = [n for n, on in (("amp " + str(self.amp), self.amp is not None),
+                                 ("channels_last", self.channels_last),
+                                 ("torch_compile", self.torch_compile)) if on]  # fmt: skip
+        if torch.device(device).type != "cuda":
+            note = f"{', '.join(asked)} ignored on {torch.device(device).type} (CUDA only); float32 training"
+            return None, False, False, note if asked else "none"
+        dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
+        done = [f"{self.amp} autocast (training step only)"] if dtype is not None else ["float32 training"]
+        done += ["channels_last"] * bool(self.channels_last) + ["torch.compile"] * bool(self.torch_compile)
+        return dtype, bool(self.channels_last), bool(self.torch_compile), ", ".join(done)
+
+    def _train_forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The network's forward pass in the training step (loss and training attacks).
+
+        With the switches off (the default, and always off the GPU) it is ``self.net(x)``.
+        With them on, the input goes channels-last, the compiled network runs under
+        autocast, and the outputs come back as float32 for the losses.
+        """
+        dtype = getattr(self, "_amp_dtype", None)
+        net = self.__dict__.get("_compiled_net")
+        net = self.net if net is None else net
+        if dtype is None and net is self.net and not getattr(self, "_channels_last_on", False):
+            return self.net(x)
+        if getattr(self, "_channels_last_on", False):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if dtype is None:
+            return net(x)
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            out = net(x)
+        return tuple(o.float() for o in out)
+
     def _expand_and_augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """One view of a batch: random flip, the K groups, then light augmentations; (K·B,...)."""
         flip = torch.rand(len(x), generator=gen) < 0.5
@@ -426,26 +516,33 @@ class ShiftedContrastiveDetector(Detector):
         for p in self.net.parameters():
             p.requires_grad_(False)
         try:
+            # fp16 autocast: the attack losses are scaled so their input gradients do not
+            # underflow (a step follows the gradient's sign, which scaling keeps).
+            fwd = self._train_forward
+            if getattr(self, "_amp_dtype", None) is torch.float16:
+                sc = lambda loss: 1024.0 * loss  # noqa: E731
+            else:
+                sc = lambda loss: loss  # noqa: E731  (the same tensor: float32 unchanged)
             with torch.no_grad():
-                z1 = self.net(v1)[1]
-                z2 = self.net(v2)[1]
+                z1 = fwd(v1)[1]
+                z2 = fwd(v2)[1]
             idx = torch.arange(k * batch, device=v1.device)
             group = idx // batch
             image = idx % batch
             # A_P: from V1, maximise the loss whose positive is the same (image, group) in V2.
             a_p = pgd_on_loss(
-                lambda xa: anchored_nt_xent(self.net(xa)[1], z2, idx, tau), v1, eps, steps, gen, +1
+                lambda xa: sc(anchored_nt_xent(fwd(xa)[1], z2, idx, tau)), v1, eps, steps, gen, +1
             )
             # A_N: from V2, minimise the loss whose positive is the same image in another
             # group of V1 (a derangement of the groups): pulls each sample to its opposite.
             perm = (group_derangement(k, gen) if perm is None else perm).to(v1.device)
             target_n = perm[group] * batch + image
             a_n = pgd_on_loss(
-                lambda xa: anchored_nt_xent(self.net(xa)[1], z1, target_n, tau), v2, eps, steps, gen, -1
+                lambda xa: sc(anchored_nt_xent(fwd(xa)[1], z1, target_n, tau)), v2, eps, steps, gen, -1
             )
             # R: from V2, maximise the cross entropy of the group head.
             r = pgd_on_loss(
-                lambda xa: F.cross_entropy(self.net(xa)[2], group, reduction="none"), v2, eps, steps, gen, +1
+                lambda xa: sc(F.cross_entropy(fwd(xa)[2], group, reduction="none")), v2, eps, steps, gen, +1
             )
         finally:
             for p in self.net.parameters():
@@ -453,23 +550,29 @@ class ShiftedContrastiveDetector(Detector):
             self.net.train(was_training)
         return a_p, a_n, r
 
-    def training_loss(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        """L_COBRA (or CSI's NT-Xent) + L_CLS for one batch (B,C,H,W) in [0,1]."""
+    def training_loss(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_COBRA (or CSI's NT-Xent) + L_CLS for one batch (B,C,H,W) in [0,1].
+
+        Returns the loss and its two terms as detached 0-d tensors (``.item()`` reads
+        one; not read here, so a GPU step does not wait on the host for them). The
+        network runs through :meth:`_train_forward` (autocast etc. where switched on);
+        the losses are computed in float32.
+        """
         b, k = len(x), self.pseudo.groups
         v1 = self._expand_and_augment(x, gen)
         v2 = self._expand_and_augment(x, gen)
         group = torch.arange(k, device=x.device).repeat_interleave(b)
         if self.adversarial:
             a_p, a_n, r = self.training_attacks(v1, v2, b, gen)
-            _, z, logits = self.net(torch.cat([v1, v2, a_p, a_n, r]))
+            _, z, logits = self._train_forward(torch.cat([v1, v2, a_p, a_n, r]))
             z, logits = z[: 4 * k * b], torch.cat([logits[: 2 * k * b], logits[4 * k * b :]])
             blocks = 4
         else:
-            _, z, logits = self.net(torch.cat([v1, v2]))
+            _, z, logits = self._train_forward(torch.cat([v1, v2]))
             blocks = 2
         l_con = cobra_loss(z, b, k, blocks, self.temperature, self.opposite_weight)
         l_cls = F.cross_entropy(logits, group.repeat(len(logits) // len(group)))
-        return l_con + l_cls, {"contrastive": l_con.item(), "group_ce": l_cls.item()}
+        return l_con + l_cls, {"contrastive": l_con.detach(), "group_ce": l_cls.detach()}
 
     def training_subset(self, x: Tensor, seed: int) -> Tensor:
         """``max_train`` images drawn without replacement (seeded), or all of them."""
@@ -479,16 +582,51 @@ class ShiftedContrastiveDetector(Detector):
         return x[idx.sort().values]
 
     def fit(self, data, ctx: RunContext | None = None) -> ShiftedContrastiveDetector:
+        """Train (SGD, momentum 0.9, linear warm-up then cosine decay), then the bank and weights.
+
+        The training images are moved to ``ctx.device`` once, not per batch. The
+        training-speed switches (:meth:`speed_switches`) apply to the training steps;
+        the score statistics are computed in float32, in the default memory format.
+        """
         ctx = ctx or RunContext()
         x = self.training_subset(data.train_x, ctx.seed)
         self.build(tuple(x.shape[1:]))
         self.to(ctx.device)
+        x = x.to(ctx.device)  # resident on the device for the whole fit
+        amp_dtype, channels_last, compile_net, self._speed_notes = self.speed_switches(ctx.device)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._amp_dtype, self._channels_last_on = amp_dtype, channels_last
+        if compile_net:
+            self.__dict__["_compiled_net"] = torch.compile(self.net)  # not a registered submodule
+        scaler = torch.amp.GradScaler(torch.device(ctx.device).type) if amp_dtype is torch.float16 else None
+        try:
+            self._train(x, ctx, scaler)
+        finally:
+            self._amp_dtype, self._channels_last_on = None, False
+            self.__dict__.pop("_compiled_net", None)
+            if channels_last:
+                self.net.to(memory_format=torch.contiguous_format)
+        self._fit_score_statistics(x, ctx.device)
+        self.eval()
+        return self
+
+    def _train(self, x: Tensor, ctx: RunContext, scaler: torch.amp.GradScaler | None) -> None:
         gen = torch.Generator().manual_seed(ctx.seed)
         opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         bs = min(self.batch_size, len(x))
         steps_per_epoch = max(1, len(x) // bs)  # drop the ragged last batch (BatchNorm, fixed layout)
-        total = self.epochs * steps_per_epoch
-        warmup = min(total - 1, int(self.warmup_epochs * steps_per_epoch))
+        epochs = self.epochs
+
+        def schedule(n_epochs: int) -> tuple[int, int]:
+            # (total steps, warm-up steps); the warm-up keeps its share of the epochs.
+            total = n_epochs * steps_per_epoch
+            warmup_epochs = (
+                self.warmup_epochs if n_epochs == self.epochs else self.warmup_epochs * n_epochs / self.epochs
+            )
+            return total, min(total - 1, int(warmup_epochs * steps_per_epoch))
+
+        total, warmup = schedule(epochs)
 
         def lr_at(step: int) -> float:
             # Linear warm-up, then cosine decay to zero.
@@ -498,22 +636,37 @@ class ShiftedContrastiveDetector(Detector):
 
         self.loss_history: list[float] = []
         step = 0
-        for epoch in range(self.epochs):
+        epoch = 0
+        while epoch < epochs:
+            started = time.perf_counter()
             self.net.train()
-            perm = torch.randperm(len(x), generator=gen)
-            running = 0.0
+            perm = torch.randperm(len(x), generator=gen).to(x.device)
+            # float64 on the device: the same sum as adding loss.item() per step on the
+            # host, without a device-to-host wait per step
+            running = torch.zeros((), dtype=torch.float64, device=x.device)
             for i in range(steps_per_epoch):
-                xb = x[perm[i * bs : (i + 1) * bs]].to(ctx.device)
+                xb = x[perm[i * bs : (i + 1) * bs]]
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step)
                 loss, _ = self.training_loss(xb, gen)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += loss.item()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                running += loss.detach().double()
                 step += 1
-            self.loss_history.append(running / steps_per_epoch)
-            ctx.report(epoch + 1, self.epochs, loss=self.loss_history[-1])
-        self._fit_score_statistics(x, ctx.device)
-        self.eval()
-        return self
+            self.loss_history.append(running.item() / steps_per_epoch)
+            epoch += 1
+            ctx.report(epoch, epochs, loss=self.loss_history[-1])
+            if self.epoch_plan is not None and epoch < epochs:
+                planned = max(
+                    epoch, min(self.epochs, int(self.epoch_plan(epoch, time.perf_counter() - started)))
+                )
+                if planned != epochs:
+                    epochs = planned
+                    total, warmup = schedule(epochs)
+        self._epochs_trained = epoch

@@ -27,8 +27,12 @@ class CSI(ShiftedContrastiveDetector):
     or a local state_dict file), ``proj_dim``, pseudo-anomaly ``pseudo_anomalies``
     (``"auto"`` or names) and ``groups`` (K, None = default), training schedule, the
     NT-Xent ``temperature``, the number of fixed ``test_views`` S and the
-    area of their crop ``test_crop_scale`` (low resolution only), and ``max_train``
-    (a seeded subset of the training images; None = all)."""
+    area of their crop ``test_crop_scale`` (low resolution only), ``max_train``
+    (a seeded subset of the training images; None = all), and the training-speed
+    switches ``amp`` (None, ``"bf16"`` or ``"fp16"``: autocast of the training step),
+    ``channels_last`` and ``torch_compile`` (unmeasured), which act on CUDA only and
+    leave the score, its statistics and every attack in float32
+    (:meth:`~robustad.methods.contrastive.ShiftedContrastiveDetector.speed_switches`)."""
 
     # 2: augmentation rows without colour jitter skip it (exact identity, no clamps)
     fit_version = 2
@@ -51,6 +55,11 @@ class CSI(ShiftedContrastiveDetector):
         test_views: int = 10,
         test_crop_scale: float = 0.54,
         max_train: int | None = None,
+        amp: str | None = None,
+        channels_last: bool = False,
+        torch_compile: bool = False,
     ):
         super().__init__()
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         store_hparams(self, locals())
