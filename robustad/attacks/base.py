@@ -88,16 +88,17 @@ def _sample_seed(seed: int, data: bytes) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-Generator = torch.Generator | SampleRNG | None
+#: where random starts come from: per sample (evaluation) or one stream (training)
+RandomSource = torch.Generator | SampleRNG | None
 
 
-def _draw(fn: Callable, shape: tuple[int, ...], generator: Generator, device) -> Tensor:
+def _draw(fn: Callable, shape: tuple[int, ...], generator: RandomSource, device) -> Tensor:
     if isinstance(generator, SampleRNG):
         return generator.draw(fn, shape).to(device)
     return fn(shape, generator=generator, device="cpu").to(device)
 
 
-def random_start(x: Tensor, threat: ThreatModel, generator: Generator) -> Tensor:
+def random_start(x: Tensor, threat: ThreatModel, generator: RandomSource) -> Tensor:
     """A uniform random point of the ε-ball around x, clipped to the box.
 
     ``generator``: a :class:`SampleRNG` (evaluation attacks: batch-independent) or a
