@@ -1,4 +1,4 @@
-"""``ta:<Name>``: any torchattacks attack (optional extra ``robustad[torchattacks]``)
+"""``ta:<Name>``: any torchattacks attack (optional: ``pip install --no-deps torchattacks``)
 run on the two-logit view of the detector (``attacks/adapter.py``).
 
 The view's class 1 is "anomalous" and labels are the 0/1 anomaly labels, so an
@@ -8,7 +8,7 @@ decision boundary, a hair on its correct side) and scores the detector in eval m
 torchattacks sets, so no BatchNorm buffer moves. torchattacks attacks return their
 last iterate and may stop once a sample is misclassified; the suite still keeps,
 per sample, the better of that point and the clean input by ``d·s``
-(THREAT_MODEL.md). Attacks that query the model on single images or other batch
+(docs/THREAT_MODEL.md). Attacks that query the model on single images or other batch
 shapes (DeepFool, SparseFool, SPSA, Pixle, ...) are run one sample at a time.
 
 Each attack declares the norms it is built for (:func:`attack_norms`): a class
@@ -62,7 +62,8 @@ def _torchattacks():
     except ImportError as exc:
         raise UserError(
             "ta:<Name> attacks need the optional torchattacks package, which is not installed; "
-            "install it with pip install 'robustad[torchattacks]'"
+            "install it with pip install --no-deps torchattacks (it needs only torch; its pinned "
+            "requests~=2.25 is never imported)"
         ) from exc
     return torchattacks
 
