@@ -1,4 +1,4 @@
-"""Benchmark 2 (issue 3): our ``aa`` against the stock AutoAttack pipeline.
+"""Attack benchmark 2: our ``aa`` against the stock AutoAttack pipeline.
 
 Stock: ``pyautoattack.AutoAttack(version='custom', attacks=['apgd-ce', 'square'])``
 and ``run_standard_evaluation`` on a plain two-logit wrapper of the detector,
@@ -8,7 +8,7 @@ iterations and restarts, Square queries), same trained Deep SVDD models; AUROC o
 the scores at the returned images, and wall time. Ours must reach a lower or
 equal AUROC: the stock pipeline only attacks samples its wrapper classifies
 correctly and returns the clean image for every sample it did not flip
-(traps 2 and 3 of THREAT_MODEL.md), so it misses most of the AUROC damage.
+(traps 2 and 3 of docs/THREAT_MODEL.md), so it misses most of the AUROC damage.
 
     nice -n 10 python benchmarks/aa_vs_autoattack.py [--classes 0,1] [--apgd-steps 20] [--queries 300]
 """

@@ -1,8 +1,8 @@
-"""Benchmark 1 (issue 3): the cost of an attack step against its floor.
+"""Attack benchmark 1: the cost of an attack step against its floor.
 
 PGD with 50 steps on a trained Deep SVDD (digits, quick preset), timed, divided by
 50 × the time of one forward+backward pass of ``score`` on the same batch
-(``objective_and_grad``). THREAT_MODEL.md asks for ≤ 1.15. APGD-50 for comparison.
+(``objective_and_grad``). The target (docs/THREAT_MODEL.md, "Cost") is ≤ 1.15. APGD-50 for comparison.
 Runs are interleaved, after a warm-up; the headline is the ratio of the minimum
 process CPU times over ``--repeats`` runs (one thread), wall-time ratios beside it.
 

@@ -1,4 +1,4 @@
-"""Benchmark 3 (issue 3): PGD with 10, 100 and 1000 steps against ``aa`` on Deep SVDD.
+"""Attack benchmark 3: PGD with 10, 100 and 1000 steps against ``aa`` on Deep SVDD.
 
 Deep SVDD with the quick preset's parameters, L∞ ε = 8/255, attacks with the
 budgets of ``--preset`` (``aa``: its ``attack_params``), PGD at 10/100/1000 steps.

@@ -4,7 +4,7 @@
 
 Runs `bench run` in a child process into a fresh folder (default: a temporary
 one) and prints the wall time, the child's peak resident memory and the
-leaderboard it wrote. Target (issue 2): under 5 minutes on two CPU cores.
+leaderboard it wrote. Target: the default run finishes in under 5 minutes on two CPU cores.
 """
 
 from __future__ import annotations

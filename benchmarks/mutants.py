@@ -1,7 +1,7 @@
 """Mutation harness: each listed mutant must make at least one named test fail.
 
 A mutant is a deliberate bug that a review found the test suite did not notice
-(issue 10, "Tests that can fail"): an exact source snippet, its replacement, and
+(so every test named here can fail): an exact source snippet, its replacement, and
 the test node ids that must catch it. For each mutant this script copies the
 repository (the files git tracks plus untracked, not-ignored ones) to a temporary
 folder, applies the edit there and runs

@@ -1,6 +1,6 @@
 """Which term of the CSI/COBRA score carries its robustness? Attack each term alone.
 
-The score of COBRA.md is −mean_k (w_k · max_m ⟨f_k(x), a_{m,k}⟩ + v_k · H(x)[k]): a
+The score of CSI and COBRA (docs/METHODS.md) is −mean_k (w_k · max_m ⟨f_k(x), a_{m,k}⟩ + v_k · H(x)[k]): a
 contrastive *similarity* term and a *group-head* (rotation-classifier) term. For every
 CSI/COBRA model in a results store this prints the clean and PGD AUROC of each term
 used alone as the anomaly score (the attack optimises that term), next to the full

@@ -34,7 +34,7 @@ def format_eps(eps: float) -> str:
 
 
 def default_eps(norm: str, image_size: int) -> float:
-    """Literature defaults (THREAT_MODEL.md): 8/255 up to 64 px, 2/255 above; L2 0.5 / 1.0."""
+    """Literature defaults (docs/THREAT_MODEL.md): 8/255 up to 64 px, 2/255 above; L2 0.5 / 1.0."""
     if norm == "Linf":
         return 8 / 255 if image_size <= 64 else 2 / 255
     return 0.5 if image_size <= 64 else 1.0

@@ -1,5 +1,5 @@
 """``aa``, AutoAttack for anomaly detection: closed forms, the per-sample worst case
-over its members, the three traps of THREAT_MODEL.md and a run through the CLI."""
+over its members, the three traps of docs/THREAT_MODEL.md and a run through the CLI."""
 
 import pytest
 import torch

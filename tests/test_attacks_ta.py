@@ -71,7 +71,7 @@ def test_ta_result_is_clipped_to_threat_and_never_below_clean(fake_torchattacks)
     assert (objective(det.score(x_adv), y) >= objective(det.score(x), y) - 1e-6).all()
 
 
-# --- with the real torchattacks (issue 10, item 2) ------------------------------------
+# --- with the real torchattacks (scored in eval mode, buffers left alone) -------------------
 
 
 @pytest.fixture

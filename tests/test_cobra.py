@@ -51,7 +51,7 @@ def test_positive_and_opposite_index_sets_for_k4():
 
 # -- loss values ---------------------------------------------------------------------------------
 def hand_loss(z: torch.Tensor, batch: int, groups: int, blocks: int, tau: float, lam: float) -> float:
-    """The loss of COBRA.md written out with Python loops."""
+    """The loss of COBRA (docs/METHODS.md) written out with Python loops."""
     zs = [[float(v) for v in row] for row in F.normalize(z, dim=1)]
     n = len(zs)
     cos = [[sum(a * b for a, b in zip(zs[i], zs[j])) for j in range(n)] for i in range(n)]

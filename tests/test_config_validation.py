@@ -1,6 +1,6 @@
-"""Config mistakes are exit 2 with one sentence before any training (issue 10, item 9),
-and a finished result is never lost (item 8): a done row is never overwritten by a
-failure, an unreadable checkpoint of a finished fit stops the run and keeps its results."""
+"""Config mistakes are exit 2 with one sentence before any training, and a finished
+result is never lost: a done row is never overwritten by a failure, an unreadable
+checkpoint of a finished fit stops the run and keeps its results."""
 
 import sqlite3
 

@@ -19,7 +19,7 @@ of the detector (``attacks/adapter.py``):
 
 Every sample keeps the point with the highest ``d·s`` among the members' points
 and the clean input, so ``aa`` is at least as strong as each member on every
-sample. The three traps of THREAT_MODEL.md are avoided by construction:
+sample. The three traps of docs/THREAT_MODEL.md are avoided by construction:
 1. no APGD-DLR, APGD-T or FAB-T (undefined or crashing with two classes);
 2. APGD runs with ``best_loss=True`` (highest-loss point, not "the clean image
    unless a threshold was crossed"), and the best point is chosen here by ``d·s``;

@@ -15,7 +15,7 @@ Class 0 is "normal", class 1 "anomalous", and the label of a test sample is its
 τ_i and T_i only shape the cross entropy (where it saturates, where a sample counts
 as "misclassified"). ``TwoLogitView.calibrated`` sets them **per sample, from that
 sample's own clean score and label alone**, so a sample's logits, and every attack
-on the view, do not depend on the batch around it (issue 10, items 2 and 5).
+on the view, do not depend on the batch around it (docs/THREAT_MODEL.md, "Batch independence").
 
 The view pins the detector in eval mode: torchattacks records a model's mode and
 restores it after the attack, and a detector with BatchNorm scored in training

@@ -1,5 +1,5 @@
 """What every attack shares: the anomaly-score objective, the projection onto the
-threat model and the best-point bookkeeping (THREAT_MODEL.md).
+threat model and the best-point bookkeeping (docs/THREAT_MODEL.md).
 
 The attacker solves, per sample, ``max d·s(x+δ)`` with ``d = +1`` for normal and
 ``-1`` for anomalous samples, ``‖δ‖_p ≤ ε`` and ``0 ≤ x+δ ≤ 1``. Every attack

@@ -1,4 +1,4 @@
-"""Reliability flags of THREAT_MODEL.md, as pure functions of attack results.
+"""Reliability flags of docs/THREAT_MODEL.md, as pure functions of attack results.
 
 - ``zero-grad``: more than 10% of samples had an all-zero input gradient.
 - ``box-masking``: more than 1% of the pixels sit at a bound of the box (0 or 1)

@@ -2,12 +2,12 @@
 black-box attack: random square-shaped updates at the corners of the ε-ball,
 kept when they raise ``d·s``. It needs no gradient, so it still works when
 gradients are masked (zero, shattered, rounded); a Square result well below the
-white-box ones is the ``masking?`` flag of THREAT_MODEL.md.
+white-box ones is the ``masking?`` flag of docs/THREAT_MODEL.md.
 
 Built on AutoAttack's implementation (PyPI ``pyautoattack``, L∞ and L2) run on
 the two-logit view of the detector (``attacks/adapter.py``). AutoAttack's Square
 stops optimising a sample as soon as its classification margin crosses zero
-(trap 3 of THREAT_MODEL.md); here the reported margin never does, so every
+(trap 3 of docs/THREAT_MODEL.md); here the reported margin never does, so every
 sample uses the whole query budget, and the loss it minimises is the view's
 ``z_y − z_other``, a decreasing affine function of ``d·s``.
 """

@@ -63,7 +63,7 @@ class Table:
     cells: dict[tuple[str, str, str], tuple[float, float | None]] = field(default_factory=dict)
     mode: str = "both"
     notes: list[str] = field(default_factory=list)
-    #: reliability flags (THREAT_MODEL.md) raised on any run behind a cell, and
+    #: reliability flags (docs/THREAT_MODEL.md) raised on any run behind a cell, and
     #: ``incomplete n/N`` on cells that average fewer runs than their clean cell
     flags: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
     #: row label → (method name, full method params)

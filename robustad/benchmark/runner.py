@@ -364,7 +364,7 @@ def load_config_dataset(cfg: dict[str, Any], dataset: str, normal_class: int) ->
 
 
 def reliability_flags(info: dict[str, Any]) -> list[str]:
-    """Flags of one eval job (zero-grad; masking? inside aa), THREAT_MODEL.md."""
+    """Flags of one eval job (zero-grad; masking? inside aa), docs/THREAT_MODEL.md."""
     return job_flags(info)
 
 

@@ -24,7 +24,7 @@ def load_dataset(
     test_subset: int | None = None,
     **params,
 ) -> OneClassData:
-    """Load one normal class of a registered dataset (see DATASETS.md).
+    """Load one normal class of a registered dataset (see docs/DATASETS.md).
 
     ``normal_class`` is an index or one of the dataset's class names (``"bottle"``).
     ``params`` go to the dataset's loader (e.g. ``image_size`` for resized datasets).

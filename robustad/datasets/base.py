@@ -14,7 +14,7 @@ from robustad.errors import UserError
 
 @dataclass
 class OneClassData:
-    """One normal class of a dataset under the one-class protocol (DATASETS.md).
+    """One normal class of a dataset under the one-class protocol (docs/DATASETS.md).
 
     ``train_x``: (N,C,H,W) float32 in [0,1], normal images only.
     ``test_x``: (M,C,H,W) float32 in [0,1]; ``test_y``: (M,) int64, 0 normal / 1 anomaly.

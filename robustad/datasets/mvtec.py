@@ -1,6 +1,6 @@
 """``mvtec`` (MVTec AD, Bergmann et al., CVPR 2019) and ``folder`` (any MVTec-like tree).
 
-Layout of one category (DATASETS.md)::
+Layout of one category (docs/DATASETS.md)::
 
     <category>/train/good/*.png                    training images (normal only)
     <category>/test/good/*.png                     test label 0

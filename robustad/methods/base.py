@@ -1,4 +1,4 @@
-"""The ``Detector`` interface every method implements (DESIGN.md, tensor contract).
+"""The ``Detector`` interface every method implements (docs/EXTENDING.md, "A method").
 
 Rhythm of scikit-learn: the constructor only stores parameters, ``fit`` does the
 work and returns ``self``, fitted state lives in modules and buffers so that

@@ -1,4 +1,4 @@
-"""COBRA: anomaly-aware contrastive adversarial training (ICLR 2025; ../shared/specs/COBRA.md).
+"""COBRA: anomaly-aware contrastive adversarial training (ICLR 2025; docs/METHODS.md).
 
 CSI's model and score (:mod:`robustad.methods.contrastive`) trained with three
 L∞ PGD attacks per step (A_P intra-group, A_N inter-group toward the opposite,

@@ -1,6 +1,6 @@
 """Contrastive learning with shifted instances: the code CSI and COBRA share.
 
-CSI (Tack et al., NeurIPS 2020) and COBRA (ICLR 2025, ../shared/specs/COBRA.md) use
+CSI (Tack et al., NeurIPS 2020) and COBRA (ICLR 2025; docs/METHODS.md) use
 the same encoder F, projection head G, group head H, light augmentations, group
 transforms (pseudo-anomalies) and anomaly score; COBRA adds three adversarial
 training attacks and the opposite-pair term to the loss. Both are
@@ -69,7 +69,7 @@ def sample_light_aug_params(
     fixed_crop_scale: float | None = None,
     min_crop_scale: float = 0.08,
 ) -> Tensor:
-    """Parameters of the light augmentations of COBRA.md, (n, len(AUG_COLUMNS)).
+    """Parameters of the light augmentations (docs/METHODS.md), (n, len(AUG_COLUMNS)).
 
     Horizontal flip p 0.5; colour jitter (brightness, contrast, saturation ×[0.6, 1.4],
     hue ±0.1) with p 0.8 (factors 1 and 0 otherwise); greyscale p 0.2; with ``crop``,
@@ -186,13 +186,13 @@ def cobra_loss(
     pseudo-anomalies k ≥ 1. λ = ``opposite_weight``; 0 is plain multi-positive NT-Xent
     (the public release). Returns a scalar.
 
-    Normalisation (COBRA.md leaves it open): that of the authors' release
+    Normalisation (the method's description leaves it open; docs/METHODS.md): that of the authors' release
     (``training/contrastive_loss.py``), where the 12 positive diagonals of the 4-block
     similarity matrix and the opposite pairs are summed together and divided by the
     number of anchors once. So each anchor sums over its positives (three in COBRA's
     four blocks, one in CSI's two: CSI's loss is the usual NT-Xent either way), and the
     opposite term weighs (K−1)/(2K) of a per-pair mean (3/8 at K = 4). The pairs are
-    the spec's (image i with each Υ_k x_i); the release's switched-off code pairs the
+    those of docs/METHODS.md (image i with each Υ_k x_i); the release's switched-off code pairs the
     two halves of each block, the same set at K = 2. An earlier
     version averaged over positives and over pairs, which at K = 4 and four blocks made
     λ = 1 eight times stronger relative to the positives than the release (3 · 8/3),

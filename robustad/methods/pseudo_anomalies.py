@@ -2,7 +2,7 @@
 
 Usable by any method. A :class:`PseudoAnomalies` object holds K groups: group 0 is
 the identity, groups 1..K-1 are hard transforms. The set and K are parameters;
-``"auto"`` follows the resolution defaults of COBRA.md (rotations by 90°, 180°,
+``"auto"`` follows COBRA's resolution defaults (docs/METHODS.md: rotations by 90°, 180°,
 270°, K = 4, for images ≤ 64 px; one CutPaste "scar" group, K = 2, above).
 
 Every transform takes images (N,C,H,W) in [0,1] and a ``torch.Generator`` and is
@@ -260,7 +260,7 @@ def elastic(
 
 
 def default_transforms(image_size: int) -> tuple[list[str], int]:
-    """COBRA.md's defaults: rotations with K = 4 up to 64 px, one scar group (K = 2) above."""
+    """COBRA's defaults (docs/METHODS.md): rotations with K = 4 up to 64 px, one scar group (K = 2) above."""
     return (["rotation"], 4) if image_size <= 64 else (["scar"], 2)
 
 
