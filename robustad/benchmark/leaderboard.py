@@ -376,7 +376,9 @@ def superseded_fits(fit_rows) -> dict[str, str]:
 ATTACK_ORDER = ("none", "noise", "fgsm", "pgd", "eot-pgd", "apgd", "square", "aa")
 FLAG_NOTE = (
     "[flags] raised on at least one run: zero-grad = over 10% of samples had a zero input "
-    "gradient; masking? = Square beat this white-box attack by over 1 point (gradient masking); "
+    "gradient; box-masking = over 1% of pixels at 0 or 1 had a zero gradient there but not just "
+    "inside the box (a clamp hides the attacker's direction); "
+    "masking? = Square beat this white-box attack by over 1 point (gradient masking); "
     "non-monotone = AUROC rose as ε grew in a sweep."
 )
 INCOMPLETE_NOTE = (
