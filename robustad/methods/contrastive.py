@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustad.attacks.base import ascent_direction, project, random_start
 from robustad.errors import UserError
 from robustad.methods.base import Detector, RunContext
 from robustad.methods.encoders import resnet_for
 from robustad.methods.pseudo_anomalies import PseudoAnomalies, colour_jitter, grey
-from robustad.threat import ThreatModel
+from robustad.methods.training_attacks import pgd_on_loss
 
 #: added inside the logs of the opposite-pair term, as the public release does, so a
 #: term is bounded below by log(1e-8) ≈ -18.4 and cannot dominate the loss
@@ -242,27 +241,7 @@ def group_derangement(groups: int, generator: torch.Generator) -> Tensor:
             return perm
 
 
-# -- training attacks -------------------------------------------------------------------------
-def pgd_on_loss(
-    loss_fn, x: Tensor, eps: float, steps: int, generator: torch.Generator, sign: float = 1.0
-) -> Tensor:
-    """L∞ PGD for adversarial training: random start, α = 2.5 ε / steps, last iterate.
-
-    ``loss_fn``: (N,C,H,W) → (N,) per-sample losses; ascends ``sign · loss`` (``sign
-    = -1`` minimises). Gradients go to the input only. Projection and random start
-    are the evaluation attacks' helpers (robustad.attacks.base), so both use the same
-    threat-model geometry.
-    """
-    threat = ThreatModel("Linf", eps)
-    alpha = 2.5 * eps / steps
-    x = x.detach()
-    x_adv = random_start(x, threat, generator)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(sign * loss_fn(x_adv).sum(), x_adv)
-        x_adv = project(x_adv.detach() + alpha * ascent_direction(grad, "Linf"), x, threat)
-    return x_adv.detach()
+# -- training attacks: pgd_on_loss lives in robustad.methods.training_attacks ------------
 
 
 # -- the detector ------------------------------------------------------------------------------
