@@ -32,6 +32,11 @@ CONFIGS = {
         dict(TINY, epochs=1, test_views=2, pseudo_anomalies="scar,cutout,elastic,permutation"),
     ),
     "cobra": ("cobra", dict(TINY, epochs=1, test_views=2, train_attack_steps=1)),
+    # 2-step adversarial training; the PCA stages are fixed buffers at test time
+    "principals": (
+        "principals",
+        dict(widths=(4, 4), latent_channels=4, epochs=2, batch_size=32, train_attack_steps=2),
+    ),
 }
 NAMES = list(CONFIGS)
 N_TEST = 8
