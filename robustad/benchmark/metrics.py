@@ -109,6 +109,30 @@ def attack_metrics(clean, adv, labels) -> dict[str, float]:
     return out
 
 
+def certified_auroc(clean_scores, labels, lipschitz: float, eps: float) -> float:
+    """The AUROC no attack within an L2 ball of radius ``eps`` can go below.
+
+    When the score is ``lipschitz``-Lipschitz in L2 on the attacked pixels, a
+    perturbation ‖δ‖₂ ≤ ε moves each score by at most L·ε. The worst case raises every
+    normal score and lowers every anomalous one by L·ε; its AUROC (ties counting ½,
+    as for attacked scores) is a lower bound on the AUROC under any such attack.
+    """
+    s, y = _np(clean_scores), _np(labels)
+    _check(s, y)
+    if not (lipschitz >= 0 and eps >= 0):
+        raise ValueError(f"the Lipschitz constant ({lipschitz}) and ε ({eps}) must be ≥ 0")
+    shift = float(lipschitz) * float(eps)
+    return auroc(np.where(y == 1, s - shift, s + shift), y)
+
+
+def certified_metrics(lipschitz: float | None, threat, clean, labels) -> dict[str, float]:
+    """``{"certified_auroc": ...}`` for an L2 threat and a detector that declares its
+    L2 Lipschitz constant (``Detector.lipschitz_l2()``); ``{}`` otherwise."""
+    if lipschitz is None or threat.norm != "L2":
+        return {}
+    return {"certified_auroc": certified_auroc(clean, labels, lipschitz, threat.eps)}
+
+
 def pixel_auroc(maps, masks) -> float:
     """Pixel-level AUROC of anomaly maps against ground-truth masks (MVTec/VisA localisation).
 

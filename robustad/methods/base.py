@@ -60,6 +60,15 @@ class Detector(nn.Module):
     def score(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def lipschitz_l2(self) -> float | None:
+        """A proven L2 Lipschitz constant of ``score`` on [0,1] pixels, or None (the default).
+
+        A detector that declares one gets a certified AUROC on L2 threats
+        (``robustad.benchmark.metrics.certified_auroc``): no L2 attack of radius ε can
+        move a score by more than ``lipschitz_l2() * ε``.
+        """
+        return None
+
     def anomaly_map(self, x: Tensor) -> Tensor | None:
         """(N,H,W) pixel anomaly scores for localising methods; None otherwise."""
         return None
