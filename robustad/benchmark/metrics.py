@@ -125,9 +125,11 @@ def certified_auroc(clean_scores, labels, lipschitz: float, eps: float) -> float
     return auroc(np.where(y == 1, s - shift, s + shift), y)
 
 
-def certified_metrics(lipschitz: float | None, threat, clean, labels) -> dict[str, float]:
+def certified_metrics(detector, threat, clean, labels) -> dict[str, float]:
     """``{"certified_auroc": ...}`` for an L2 threat and a detector that declares its
-    L2 Lipschitz constant (``Detector.lipschitz_l2()``); ``{}`` otherwise."""
+    L2 Lipschitz constant (``Detector.lipschitz_l2()`` not None); ``{}`` otherwise."""
+    declare = getattr(detector, "lipschitz_l2", None)
+    lipschitz = declare() if callable(declare) else None
     if lipschitz is None or threat.norm != "L2":
         return {}
     return {"certified_auroc": certified_auroc(clean, labels, lipschitz, threat.eps)}

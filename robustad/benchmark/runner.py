@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from robustad.attacks.reliability import cross_job_flags, job_flags
-from robustad.benchmark.metrics import at_least_clean, attack_metrics, auroc, score_metrics
+from robustad.benchmark.metrics import at_least_clean, attack_metrics, auroc, certified_metrics, score_metrics
 from robustad.benchmark.store import Store
 from robustad.datasets import OneClassData, load_dataset
 from robustad.errors import UserError
@@ -569,7 +569,9 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
             adv = at_least_clean(clean, adv, labels)
             row = _row(job, cfg, started)
             info["flags"] = reliability_flags(info)
-            row.update(status="done", metrics=attack_metrics(clean, adv, labels), info=info)
+            metrics = attack_metrics(clean, adv, labels)
+            metrics.update(certified_metrics(detector, job.threat, clean, labels))
+            row.update(status="done", metrics=metrics, info=info)
             store.put(row, labels=labels, clean=clean, adv=adv)
             counts["done"] += 1
         except (KeyboardInterrupt, UserError):
@@ -637,6 +639,7 @@ def benchmark(
                                     job.params.get("seed", seed), cfg["batch_size"], dev)  # fmt: skip
         adv = at_least_clean(clean, adv, labels)
         metrics = attack_metrics(clean, adv, labels)
+        metrics.update(certified_metrics(detector, job.threat, clean, labels))
         metrics.update(threat=job.threat.to_dict(), flags=reliability_flags(info))
         result["attacks"][job.attack] = metrics
     return result
