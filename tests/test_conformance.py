@@ -32,6 +32,11 @@ CONFIGS = {
         dict(TINY, epochs=1, test_views=2, pseudo_anomalies="scar,cutout,elastic,permutation"),
     ),
     "cobra": ("cobra", dict(TINY, epochs=1, test_views=2, train_attack_steps=1)),
+    # one warm-up epoch (raw seeds) and one with 2 Newton–Raphson steps
+    "ocsdf": (
+        "ocsdf",
+        dict(widths=(4, 4), convs=(1, 1), warmup_epochs=1, epochs=1, nr_steps=2, batch_size=32),
+    ),
     # 2-step adversarial training; the PCA stages are fixed buffers at test time
     "principals": (
         "principals",
