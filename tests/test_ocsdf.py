@@ -13,6 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 import robustad
@@ -21,6 +22,7 @@ from robustad.benchmark.store import Store
 from robustad.cli import main
 from robustad.datasets import load_dataset
 from robustad.methods.base import RunContext
+from robustad.methods.ocsdf import GroupSort2
 from robustad.registry import METHODS
 
 QUICK = dict(widths=(8, 16, 16), convs=(1, 1, 1), nr_steps=4, epochs=60)
@@ -69,6 +71,47 @@ def test_the_network_is_one_lipschitz_on_random_pairs(net64, data):
     assert ratios.max().item() <= 1 + 1e-3
     # and the check is not vacuous: the trained f is not flat
     assert ratios.max().item() > 0.02
+
+
+def _operator_norm(conv, iters: int = 200) -> float:
+    """Largest singular value of the (bias-free, zero-padded) convolution, by power iteration."""
+    w = conv.w_bar
+    x = torch.randn(1, w.shape[1], *conv.size, generator=torch.Generator().manual_seed(0), dtype=w.dtype)
+    for _ in range(iters):
+        y = F.conv2d(x / x.norm(), w, padding=conv.k // 2)
+        x = F.conv_transpose2d(y, w, padding=conv.k // 2)
+    return float(F.conv2d(x / x.norm(), w, padding=conv.k // 2).norm())
+
+
+def test_every_layer_is_orthonormalised_and_bounded(net64, fitted):
+    """RKO with deel-lip's padding correction: the reshaped kernel is orthonormal and the
+    convolution is scaled by √(hw / ((3h−2)(3w−2))). That divides by the *mean* number of
+    3×3 windows covering a pixel, not the maximum (9), so one layer may exceed 1 by up to
+    3·correction (1.09 at 8×8, measured 1.08 here): the declared constant rests on the
+    exact layer-wise bound, which must cover the measured norms and stay ≤ 1 overall."""
+    convs = net64.convs()
+    assert len(convs) == 3
+    product = 1.0
+    for conv in convs:
+        h, w = conv.size
+        correction = (h * w / ((3 * h - 2) * (3 * w - 2))) ** 0.5
+        kernel = conv.w_bar.permute(2, 3, 1, 0).reshape(-1, conv.w_bar.shape[0]) / correction
+        sv = torch.linalg.svdvals(kernel)
+        assert (sv - 1).abs().max().item() <= 1e-3  # Björck: orthonormal columns (or rows)
+        sigma = _operator_norm(conv)
+        assert 0.3 < sigma <= 3 * correction * (1 + 1e-3)
+        assert sigma <= conv.operator_norm_bound() * (1 + 1e-9)  # the recorded bound covers it
+        product *= conv.operator_norm_bound()
+    product *= net64.head.w_bar.norm().item()
+    assert product <= 1.0
+    assert fitted.info()["network_lipschitz_bound"] == pytest.approx(product, rel=1e-6)
+    assert net64.head.w_bar.norm().item() <= 1 + 1e-12
+    # GroupSort2 is 1-Lipschitz (and norm-preserving)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 64, 16, 4, 4, generator=g, dtype=torch.float64)
+    gs = GroupSort2()
+    assert torch.allclose(gs(a).flatten(1).norm(dim=1), a.flatten(1).norm(dim=1))
+    assert ((gs(a) - gs(b)).flatten(1).norm(dim=1) <= (a - b).flatten(1).norm(dim=1) + 1e-12).all()
 
 
 def test_input_gradient_norms_are_at_most_one(net64, data):
