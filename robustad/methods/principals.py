@@ -39,7 +39,9 @@ Training (adversarial; secondary: "PGD-based adversarial training")
     Our choices (not in the sources): η_V = η_S = 0.1; each batch direction's sign is
     aligned with the running one before averaging; u_V is renormalised and U_S
     re-orthonormalised (QR) after averaging; both are initialised from the PCA of the
-    first training batch; the spatial stage's batch PCA is taken of the Z_V given by
+    clean, training-mode latents of one seeded batch before the first step (a pass that
+    also moves BatchNorm's running statistics once, so the first eval-mode training
+    attack does not see untouched ones); the spatial stage's batch PCA is taken of the Z_V given by
     the *updated* running vector-PCA (what the forward pass feeds it); the training
     forward pass uses the updated running PCA as constants, so gradients reach the
     encoder through the projections but never the PCA parameters.
@@ -58,7 +60,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustad.errors import UserError
