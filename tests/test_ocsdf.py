@@ -9,6 +9,7 @@ its domain), so the certificate is informative only at small radii (ε ≈ 0.01 
 from __future__ import annotations
 
 import copy
+import csv
 
 import numpy as np
 import pytest
@@ -201,6 +202,10 @@ def test_bench_run_attacked_auroc_is_below_clean(tmp_path):
 
 
 def test_bench_run_records_the_certified_auroc_for_l2(tmp_path):
-    m = _bench(tmp_path, "--norm", "L2", "--eps", "0.25")
+    m = _bench(tmp_path, "--norm", "L2", "--eps", "0.02")
     assert m["adv_auroc"] < m["clean_auroc"]
-    assert 0.0 <= m["certified_auroc"] <= m["adv_auroc"]
+    assert 0.2 < m["certified_auroc"] <= m["adv_auroc"]
+    # and the leaderboard shows it in its own column
+    with open(tmp_path / "res" / "leaderboard.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["digits:certified"]) == pytest.approx(100 * m["certified_auroc"], abs=0.005)

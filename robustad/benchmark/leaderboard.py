@@ -20,6 +20,9 @@ results that share a name are never merged and never overwrite each other.
   followed by ``norm ε`` when the dataset has several threats.
 * The **worst case** column is per model (per fit) and threat: for every test sample
   the strongest of all attack configurations run on that model at that threat.
+* The **certified** column (L2 threats, attack mode ``both``) is the certified AUROC
+  that detectors declaring a Lipschitz constant record (``metrics.certified_auroc``):
+  a lower bound on any L2 attack at that ε, not an attack.
 
 Completeness: a cell averages the (normal class, seed) runs that exist. When an attack
 cell averages fewer runs than the clean cell of the same row and dataset (an eval job
@@ -51,6 +54,7 @@ from robustad.threat import format_eps
 
 CONSTANT_DETECTOR_AUROC = 50.0
 WORST = "worst case"
+CERTIFIED = "certified"
 INCOMPLETE = "incomplete"
 
 
@@ -243,6 +247,15 @@ def build_table(store: Store, mode: str = "both") -> Table:
         same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append(
             (ids.attack_key[r["job_id"]], labels, attacked)
         )
+        # the certified L2 AUROC of a Lipschitz detector (metrics.certified_auroc): one per model
+        # and threat, whichever attack's row carries it; both-sided only
+        cert = (r.get("metrics") or {}).get("certified_auroc")
+        if cert is not None and mode == "both":
+            ccol = f"{CERTIFIED} {r['norm']} {format_eps(r['eps'])}" if multi else CERTIFIED
+            put((row, dataset, ccol), fits[r["fit_id"]], 100 * cert,
+                f"{CERTIFIED}:{r['fit_id']}:{r['norm']}:{round(r['eps'], 10)}")  # fmt: skip
+            if ccol not in attack_columns[dataset]:
+                attack_columns[dataset].append(ccol)
     # attack configurations run on any model of a row, per dataset and threat: what a
     # complete worst case is over
     configs_run: dict[tuple[str, str, str, float], set] = defaultdict(set)
