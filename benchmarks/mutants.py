@@ -239,6 +239,19 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_leaderboard.py::test_two_configurations_of_one_method_and_one_attack_are_kept_apart",),
         "two configurations of one method (or attack) share a row (column) and overwrite each other",
     ),
+    Mutant(
+        "ocsdf-no-padding-correction",
+        (("robustad/methods/ocsdf.py", "bjorck_iters) * self.correction", "bjorck_iters)"),),
+        ("tests/test_ocsdf.py::test_every_layer_is_orthonormalised_and_bounded",),
+        "a convolution of the 1-Lipschitz network is no longer 1-Lipschitz: the certificate lies",
+    ),
+    Mutant(
+        "principals-no-reorthonormalisation",
+        (("robustad/methods/principals.py", "        q, r = torch.linalg.qr(comp)\n",
+          "        q, r = comp, torch.eye(comp.shape[1], dtype=comp.dtype)\n"),),  # fmt: skip
+        ("tests/test_principals.py::test_fitted_pca_projections_are_orthonormal_and_idempotent",),
+        "the moving-average PCA directions drift from orthonormal: the projection is not one",
+    ),
 )
 
 CANARY = Mutant(
