@@ -7,6 +7,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def conv_encoder_plan(image_size: int, depth: int) -> tuple[list[int], list[bool], int, int]:
+    """The spatial sizes of ``ConvEncoder``: (size at each stage, whether the stage
+    max-pools, size after the stages, size of the code map fed to the head)."""
+    sizes, pooled, size = [], [], image_size
+    for _ in range(depth):
+        sizes.append(size)
+        pooled.append(size >= 8)
+        if size >= 8:
+            size //= 2
+    return sizes, pooled, size, min(size, 4)
+
+
 class ConvEncoder(nn.Module):
     """A small LeNet-style encoder: ``depth`` × (conv3×3 → BN → LeakyReLU [→ max-pool]).
 
@@ -28,7 +40,8 @@ class ConvEncoder(nn.Module):
     ):
         super().__init__()
         layers: list[nn.Module] = []
-        channels, size = in_channels, image_size
+        channels = in_channels
+        sizes, pooled, after, code = conv_encoder_plan(image_size, depth)
         for i in range(depth):
             out = width * 2**i
             layers += [
@@ -36,19 +49,65 @@ class ConvEncoder(nn.Module):
                 nn.BatchNorm2d(out, eps=1e-4, affine=bias),
                 nn.LeakyReLU(0.1),
             ]
-            if size >= 8:
+            if pooled[i]:
                 layers.append(nn.MaxPool2d(2))
-                size //= 2
             channels = out
-        if size > 4:
-            layers.append(nn.AdaptiveAvgPool2d(4))
-            size = 4
+        if code != after:
+            layers.append(nn.AdaptiveAvgPool2d(code))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels * size * size, rep_dim, bias=bias)
+        self.head = nn.Linear(channels * code * code, rep_dim, bias=bias)
         self.rep_dim = rep_dim
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of ``ConvEncoder`` (same arguments): the decoder of the autoencoder
+    with which Deep SVDD's encoder is pretrained (Ruff et al. 2018).
+
+    A linear map from the code back to the encoder's last feature map (the mirror of
+    its head), then one stage per encoder stage in reverse: nearest-neighbour upsampling
+    to that stage's size (where the encoder pooled or average-pooled), conv3×3 to the
+    stage's input width → BN → LeakyReLU; the last stage convolves to the image's
+    channels and a sigmoid maps to [0,1]. Bias-free, non-affine BatchNorm with
+    ``bias=False``, like the authors' LeNet autoencoders. (Theirs reshape the code itself
+    into rep_dim/16 channels at 4×4 and use 5×5 transposed convolutions; the linear map
+    here lets any ``rep_dim`` and image size mirror ``ConvEncoder``.) (N, rep_dim) →
+    (N,C,H,W) with H = W = ``image_size``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        width: int = 16,
+        depth: int = 3,
+        rep_dim: int = 32,
+        bias: bool = False,
+    ):
+        super().__init__()
+        self.sizes, _, self.after, self.code = conv_encoder_plan(image_size, depth)
+        self.channels = width * 2 ** (depth - 1)
+        self.head = nn.Linear(rep_dim, self.channels * self.code * self.code, bias=bias)
+        stages: list[nn.Module] = []
+        for i in reversed(range(depth)):
+            out = width * 2 ** (i - 1) if i > 0 else in_channels
+            conv = nn.Conv2d(width * 2**i, out, 3, padding=1, bias=bias)
+            if i > 0:
+                bn = nn.BatchNorm2d(out, eps=1e-4, affine=bias)
+                stages.append(nn.Sequential(conv, bn, nn.LeakyReLU(0.1)))
+            else:
+                stages.append(nn.Sequential(conv, nn.Sigmoid()))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = F.leaky_relu(self.head(z), 0.1).view(len(z), self.channels, self.code, self.code)
+        for stage, size in zip(self.stages, reversed(self.sizes)):
+            if h.shape[-1] != size:
+                h = F.interpolate(h, size=(size, size), mode="nearest")
+            h = stage(h)
+        return h
 
 
 class InputAdapter(nn.Module):
