@@ -44,6 +44,12 @@ CONFIGS = {
         "principals",
         dict(widths=(4, 4), latent_channels=4, epochs=4, batch_size=32, lr=0.02, train_attack_steps=1),
     ),
+    # 3 unrolled inner steps of a larger α than the published 1e-2, so that the inner
+    # loop's own share of the input gradient is visible to the finite differences
+    "apae": (
+        "apae",
+        dict(widths=(4, 4), latent_channels=4, latent_dim=8, inner_steps=3, inner_lr=0.05, epochs=20),
+    ),
 }
 NAMES = list(CONFIGS)
 N_TEST = 8

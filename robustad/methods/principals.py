@@ -63,6 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from robustad.errors import UserError
+from robustad.methods.autoencoders import conv_autoencoder_layers, pooled_sizes
 from robustad.methods.base import Detector, RunContext, store_hparams
 from robustad.methods.training_attacks import pgd_on_loss
 from robustad.registry import register_method
@@ -133,10 +134,6 @@ class MovingPCA(nn.Module):
         return self.expand(self.codes(rows))
 
 
-def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
 @register_method(
     "principals",
     paper="Adversarially Robust One-class Novelty Detection (Lo, Oza, Patel, TPAMI 2022)",
@@ -191,33 +188,17 @@ class PrincipaLS(Detector):
     def build(self, input_shape: tuple[int, int, int]) -> None:
         super().build(input_shape)
         c, h, w = self.input_shape
-        w1, w2 = (int(v) for v in self.widths)
-        v = int(self.latent_channels)
         pools = self.resolved_pools(h, w)
-        sizes = [(h, w)]
-        for _ in range(pools):
-            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
-        self.latent_hw = sizes[-1]
+        self.latent_hw = pooled_sizes(h, w, pools)[-1]
         s = self.latent_hw[0] * self.latent_hw[1]
         if s <= self.k_spatial:
             raise UserError(
                 f"principals: the latent grid {self.latent_hw[0]}×{self.latent_hw[1]} has {s} cells, "
                 f"not more than k_spatial={self.k_spatial}; use fewer pools or a smaller k_spatial"
             )
-        enc: list[nn.Module] = [*_conv_bn_relu(c, w1), *_conv_bn_relu(w1, w1)]
-        if pools >= 1:
-            enc.append(nn.MaxPool2d(2))
-        enc += [*_conv_bn_relu(w1, w2), nn.Conv2d(w2, v, 3, padding=1), nn.Sigmoid()]
-        if pools >= 2:
-            enc.append(nn.MaxPool2d(2))
+        v = int(self.latent_channels)
+        enc, dec, _ = conv_autoencoder_layers(c, h, w, self.widths, v, pools)
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = []
-        if pools >= 2:
-            dec.append(nn.Upsample(size=sizes[1], mode="nearest"))
-        dec += [*_conv_bn_relu(v, w2), *_conv_bn_relu(w2, w1)]
-        if pools >= 1:
-            dec.append(nn.Upsample(size=sizes[0], mode="nearest"))
-        dec += [*_conv_bn_relu(w1, w1), nn.Conv2d(w1, c, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
         self.vector_pca = MovingPCA(v, 1, self.pca_rate)
         self.spatial_pca = MovingPCA(s, self.k_spatial, self.pca_rate)
