@@ -23,6 +23,11 @@ TINY = dict(width=4, blocks=(1, 1), proj_dim=8, batch_size=16, lr=0.05, warmup_e
 #: test_every_built_in_method_has_a_config).
 CONFIGS = {
     "deepsvdd": ("deepsvdd", dict(width=4, depth=2, rep_dim=8, epochs=2, batch_size=32)),
+    # two epochs of autoencoder pretraining before the one-class training
+    "deepsvdd-pretrained": (
+        "deepsvdd",
+        dict(width=4, depth=2, rep_dim=8, epochs=2, batch_size=32, pretrain_epochs=2, pretrain_lr=1e-3),
+    ),
     # the central test view (factors 1: no jitter), as in the fmnist preset
     "csi": ("csi", dict(TINY, epochs=1, test_views=1)),
     # groups whose transforms are random, drawn once and shared by every image; two
