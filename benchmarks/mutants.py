@@ -252,6 +252,17 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_principals.py::test_fitted_pca_projections_are_orthonormal_and_idempotent",),
         "the moving-average PCA directions drift from orthonormal: the projection is not one",
     ),
+    Mutant(
+        "deepsvdd-centre-in-train-mode",
+        (("robustad/methods/deepsvdd.py", "        self.eval()\n        self._init_center(x)\n",
+          "        self.train()\n        self._init_center(x)\n"),),  # fmt: skip
+        (
+            "tests/test_deepsvdd.py::test_centre_is_the_mean_of_the_eval_mode_embeddings",
+            "tests/test_deepsvdd.py::test_pretraining_initialises_the_encoder_from_the_autoencoder",
+        ),
+        "the centre is the mean of batch-statistics embeddings (BatchNorm in training mode), "
+        "not of the network that is trained and scores",
+    ),
 )
 
 CANARY = Mutant(

@@ -68,8 +68,9 @@ class DeepSVDD(Detector):
         super().__init__()
         store_hparams(self, locals())
         self.encoder: ConvEncoder | None = None
-        #: filled by a fit with pretraining: per-epoch reconstruction losses and the
-        #: autoencoder's encoder state the one-class training started from (not saved)
+        #: filled by a fit with pretraining: per-epoch reconstruction losses and learning
+        #: rates, and the autoencoder's encoder state the one-class training started from
+        #: (not saved with the detector)
         self.pretrain_record: dict | None = None
 
     def build(self, input_shape: tuple[int, int, int]) -> None:
@@ -98,10 +99,11 @@ class DeepSVDD(Detector):
             autoencoder.parameters(), lr=self.pretrain_lr, weight_decay=self.pretrain_weight_decay
         )
         gen = torch.Generator().manual_seed(ctx.seed)
-        losses = []
+        losses, lrs = [], []
         for epoch in range(self.pretrain_epochs):
             for group in opt.param_groups:
                 group["lr"] = self.pretrain_lr * 0.1 ** sum(epoch >= m for m in self.pretrain_lr_milestones)
+            lrs.append(opt.param_groups[0]["lr"])
             perm = torch.randperm(len(x), generator=gen).to(x.device)
             total = torch.zeros((), dtype=torch.float64, device=x.device)
             for i in range(0, len(x), self.batch_size):
@@ -117,6 +119,7 @@ class DeepSVDD(Detector):
         self.encoder.load_state_dict(encoder.state_dict())
         self.pretrain_record = {
             "losses": losses,
+            "lrs": lrs,
             "encoder_state": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
         }
 
