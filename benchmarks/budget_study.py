@@ -55,7 +55,8 @@ def collect(stores: list[Store]) -> list[dict]:
                 rec["worst"] = 100 * per_sample_worst_case_auroc(store, at_8, "both")
                 rec["worst_of"] = "+".join(sorted(e["attack"] for e in at_8))
             records.append(rec)
-    return sorted(records, key=lambda r: (r["method"], r["passes"], r["fit_s"]))
+    # within a method: the ImageNet-stem budgets, then the (costlier per image) CIFAR-stem ones
+    return sorted(records, key=lambda r: (r["method"], "cifar" in r["encoder"], r["passes"], r["fit_s"]))
 
 
 def table(records: list[dict]) -> str:
@@ -77,19 +78,29 @@ def plot(records: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, xlabel in ((axes[0], "passes", "training image passes (epochs × images)"),
                             (axes[1], "fit_s", "fit wall time (s)")):  # fmt: skip
         for i, method in enumerate(sorted({r["method"] for r in records})):
-            rs = sorted((r for r in records if r["method"] == method), key=lambda r: r[key])
-            xs = [r[key] for r in rs]
-            ax.plot(xs, [r["clean"] for r in rs], "--", color=f"C{i}", marker="o", label=f"{method} clean")
-            worst = [(r[key], r["worst"]) for r in rs if "worst" in r]
-            if worst:
-                ax.plot(*zip(*worst), "-", color=f"C{i}", marker="s", label=f"{method} worst case 8/255")
+            # one line per method and encoder: a budget ladder is more epochs / images
+            for encoder, marker in zip(sorted({r["encoder"] for r in records}, reverse=True), "os^v"):
+                rs = sorted((r for r in records if r["method"] == method and r["encoder"] == encoder),
+                            key=lambda r: r[key])  # fmt: skip
+                if not rs:
+                    continue
+                stem = encoder.split(",")[0]
+                xs = [r[key] for r in rs]
+                ax.plot(xs, [r["clean"] for r in rs], "--", color=f"C{i}", marker=marker, mfc="none",
+                        label=f"{method} clean ({stem})")  # fmt: skip
+                worst = [(r[key], r["worst"]) for r in rs if "worst" in r]
+                if worst:
+                    ax.plot(*zip(*worst), "-", color=f"C{i}", marker=marker,
+                            label=f"{method} worst 8/255 ({stem})")  # fmt: skip
         ax.axhline(50, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel("AUROC (%)")
     axes[0].legend(fontsize=7)
