@@ -273,9 +273,12 @@ def test_a_methods_fit_version_is_part_of_its_fit_identity_only():
     from robustad.benchmark.runner import expand_grid
     from robustad.config import resolve
 
-    grid = expand_grid(resolve("quick", overrides={"methods": ["deepsvdd", "cobra"], "classes": [0]}))
+    overrides = {"methods": ["ocsdf", "deepsvdd", "cobra"], "classes": [0]}
+    grid = expand_grid(resolve("quick", overrides=overrides))
     by_method = {f.method: f for f in grid.fits}
-    assert by_method["deepsvdd"].method_version == 1 and "method_version" not in by_method["deepsvdd"].spec
+    assert by_method["ocsdf"].method_version == 1 and "method_version" not in by_method["ocsdf"].spec
+    # Deep SVDD's 2: the centre from the eval-mode network
+    assert by_method["deepsvdd"].spec["method_version"] == 2
     cobra = by_method["cobra"]
     from robustad.registry import METHODS
 
