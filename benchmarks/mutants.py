@@ -253,6 +253,15 @@ MUTANTS: tuple[Mutant, ...] = (
         "the moving-average PCA directions drift from orthonormal: the projection is not one",
     ),
     Mutant(
+        "apae-inner-loop-detached",
+        (("robustad/methods/apae.py", "unroll=torch.is_grad_enabled()))", "unroll=False))"),),
+        (
+            "tests/test_apae.py::test_input_gradient_matches_float64_finite_differences_of_the_whole_procedure",
+            "tests/test_conformance.py::test_gradients_match_finite_differences_inside_the_box[apae]",
+        ),
+        "inner loop detached (BPDA as default): the attack's gradient misses the path through z*",
+    ),
+    Mutant(
         "deepsvdd-centre-in-train-mode",
         (("robustad/methods/deepsvdd.py", "        self.eval()\n        self._init_center(x)\n",
           "        self.train()\n        self._init_center(x)\n"),),  # fmt: skip
