@@ -26,13 +26,16 @@ Score
        reproduces the released code, which never zeroes the latent's gradient (each
        step applies the sum of all gradients so far). L is summed per image, so each
        image's latent descends on its own loss: the score of an image does not depend
-       on the batch. x̂ = D(z_K). K defaults to 1000 as in the code; the CPU presets use
-       a few steps (recorded in ``info()``).
+       on the batch. x̂ = D(z_K). K defaults to 1000 as in the code (``standard`` and
+       ``paper``); the CPU presets use a few steps (our choice: ``quick`` 3, ``fmnist`` 5,
+       recorded in ``info()``), so their projection is far from converged.
     2. *Feature weighting.* e_p(x) = SmoothL1(x_p, x̂_p) per pixel (and channel);
        w_p = 1 / (ε_w + median over training images of e_p), ε_w = 1e-3, the training
        errors from the *plain* reconstruction D(E(x_train)) as in the code (our choice:
        over all the fitted training images, validation split included; the median of an
        even count is the mean of the two middle values, as numpy's). s(x) = Σ_p w_p e_p(x).
+       (On [0,1] pixels and a sigmoid output every residual is below 1, so SmoothL1 with
+       β = 1 is half the squared error throughout: the score is a weighted squared error.)
 
     ``projection="released"`` scores as the released ``main.py`` does: it computes the
     projection and then discards it, so the score is the weighted error of the plain
