@@ -10,7 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from robustad.benchmark.leaderboard import build_table, config_labels, to_csv, to_latex, to_markdown
 from robustad.benchmark.plots import robustness_curves
+from robustad.benchmark.runner import method_fit_version
 from robustad.benchmark.store import Store
+from robustad.registry import list_methods
 
 LABELS = np.array([0] * 10 + [1] * 10)
 EPS = 8 / 255
@@ -27,6 +29,10 @@ def _fit(store, job_id, method, params, normal_class=0, seed=0, clean_seed=0):
     config = {"kind": "fit", "method": method, "params": params, "dataset": "digits", "data_params": {},
               "normal_class": normal_class, "seed": seed, "fit_version": 1, "preset": None,
               "batch_size": 256}  # fmt: skip
+    # as the runner writes it: a registered method's current fit_version, when above 1
+    version = method_fit_version(method) if method in list_methods() else 1
+    if version != 1:
+        config["method_version"] = version
     store.put({"job_id": job_id, "kind": "fit", "fit_id": None, "method": method, "dataset": "digits",
                "normal_class": normal_class, "seed": seed, "config": config, "status": "done",
                "metrics": {"clean_auroc": roc_auc_score(LABELS, clean)}},
