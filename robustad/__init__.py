@@ -14,6 +14,7 @@ from robustad import attacks as _attacks  # noqa: E402,F401  (registers built-in
 from robustad import datasets as _datasets  # noqa: E402,F401
 from robustad import methods as _methods  # noqa: E402,F401
 from robustad.attacks.base import Attack  # noqa: E402
+from robustad.benchmark.frame import load_results  # noqa: E402
 from robustad.benchmark.metrics import aupr, auroc, fpr_at_tpr, one_sided_scores  # noqa: E402
 from robustad.benchmark.runner import benchmark  # noqa: E402
 from robustad.datasets import OneClassData, load_dataset  # noqa: E402
@@ -48,5 +49,6 @@ __all__ = [
     "ATTACKS", "DATASETS", "METHODS", "Attack", "Detector", "OneClassData", "RunContext",
     "ThreatModel", "UserError", "aupr", "auroc", "benchmark", "create_attack", "create_method",
     "fpr_at_tpr", "list_attacks", "list_datasets", "list_methods", "load_dataset", "load_plugin",
+    "load_results",
     "one_sided_scores", "register_attack", "register_dataset", "register_method",
 ]  # fmt: skip

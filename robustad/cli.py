@@ -81,6 +81,7 @@ def _open_store(out: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from robustad.benchmark.frame import write_runs_csv
     from robustad.benchmark.leaderboard import build_table, to_markdown, write_leaderboards
     from robustad.benchmark.plots import write_plots
     from robustad.benchmark.runner import run_grid
@@ -106,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     with Store(out / "bench.sqlite") as store:
         paths = write_leaderboards(store, out, mode=cfg["attack_mode"])
+        paths["runs"] = write_runs_csv(store, out, mode=cfg["attack_mode"])
         plots = write_plots(store, out, mode=cfg["attack_mode"])
         print(to_markdown(build_table(store, cfg["attack_mode"])))
     print(f"jobs: {counts['done']} run, {counts['skipped']} already in the store, {counts['failed']} failed")
@@ -117,10 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from robustad.benchmark.frame import write_runs_csv
     from robustad.benchmark.leaderboard import EXTENSIONS, FORMATS, build_table
 
     with _open_store(args.out) as store:
         text = FORMATS[args.format](build_table(store, args.attack_mode))
+        write_runs_csv(store, args.out, args.attack_mode)  # the table's runs, as data
     path = Path(args.out) / f"leaderboard.{EXTENSIONS[args.format]}"
     path.write_text(text)
     print(text, end="")
