@@ -95,6 +95,22 @@ class Detector(nn.Module):
         return torch.cat(out) if out else torch.empty(0)
 
 
+def seeded_fit_start(
+    detector: Detector, x: Tensor, max_train: int | None, seed: int
+) -> tuple[Tensor, torch.Generator]:
+    """The start of a seeded fit: ``max_train`` training images drawn without
+    replacement (all when None), then ``detector.build`` with torch's global RNG
+    seeded by ``seed`` (restored afterwards), so the initial weights depend on the
+    seed alone. Returns the images and the generator for the rest of training."""
+    gen = torch.Generator().manual_seed(seed)
+    if max_train is not None and max_train < len(x):
+        x = x[torch.randperm(len(x), generator=gen)[:max_train]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        detector.build(tuple(x.shape[1:]))
+    return x, gen
+
+
 def store_hparams(obj: Detector, local_vars: dict[str, Any]) -> None:
     """Record constructor arguments (call as ``store_hparams(self, locals())``)."""
     obj._hparams = {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from robustad.errors import UserError
 from robustad.methods.autoencoders import conv_autoencoder_layers, pooled_sizes
-from robustad.methods.base import Detector, RunContext, store_hparams
+from robustad.methods.base import Detector, RunContext, seeded_fit_start, store_hparams
 from robustad.methods.training_attacks import pgd_on_loss
 from robustad.registry import register_method
 from robustad.threat import default_eps
@@ -265,13 +265,7 @@ class PrincipaLS(Detector):
 
     def fit(self, data, ctx: RunContext | None = None) -> PrincipaLS:
         ctx = ctx or RunContext()
-        x = data.train_x
-        gen = torch.Generator().manual_seed(ctx.seed)
-        if self.max_train is not None and self.max_train < len(x):
-            x = x[torch.randperm(len(x), generator=gen)[: self.max_train]]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)  # weights from the seed alone
-            self.build(tuple(x.shape[1:]))
+        x, gen = seeded_fit_start(self, data.train_x, self.max_train, ctx.seed)
         self.train_images_used.fill_(len(x))
         self.to(ctx.device)
         x = x.to(ctx.device)
