@@ -106,10 +106,7 @@ class DeepSVDD(Detector):
             lrs.append(opt.param_groups[0]["lr"])
             perm = torch.randperm(len(x), generator=gen).to(x.device)
             total = torch.zeros((), dtype=torch.float64, device=x.device)
-            for i in range(0, len(x), self.batch_size):
-                idx = perm[i : i + self.batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples in training mode
-                    continue
+            for idx in self._batches(perm):
                 loss = ((autoencoder(x[idx]) - x[idx]) ** 2).flatten(1).sum(1).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -122,6 +119,14 @@ class DeepSVDD(Detector):
             "lrs": lrs,
             "encoder_state": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
         }
+
+    def _batches(self, perm):
+        """Index batches of ``batch_size`` in the order of ``perm``; a last batch of one
+        image is skipped (BatchNorm needs two samples in training mode)."""
+        for i in range(0, len(perm), self.batch_size):
+            idx = perm[i : i + self.batch_size]
+            if len(idx) >= 2:
+                yield idx
 
     def fit(self, data, ctx: RunContext | None = None) -> DeepSVDD:
         ctx = ctx or RunContext()
@@ -143,10 +148,7 @@ class DeepSVDD(Detector):
             # float64 on the device: the same sum as adding on the host, without a
             # device-to-host wait per step
             total = torch.zeros((), dtype=torch.float64, device=x.device)
-            for i in range(0, len(x), self.batch_size):
-                idx = perm[i : i + self.batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples in training mode
-                    continue
+            for idx in self._batches(perm):
                 z = self.encoder(x[idx])
                 loss = ((z - self.center) ** 2).sum(1).mean()
                 opt.zero_grad(set_to_none=True)
