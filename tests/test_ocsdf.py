@@ -110,7 +110,9 @@ def test_every_layer_is_orthonormalised_and_bounded(net64, fitted):
     product *= net64.head.w_bar.norm().item()
     assert product <= 1.0
     assert fitted.info()["network_lipschitz_bound"] == pytest.approx(product, rel=1e-6)
-    assert net64.head.w_bar.norm().item() <= 1 + 1e-12
+    # ≤ 1 up to float32 rounding of the normalisation (CI measured 1 + 8.5e-8); the declared
+    # constant above multiplies the measured norm, so the certificate never assumes exactly 1
+    assert net64.head.w_bar.norm().item() <= 1 + 1e-6
     # GroupSort2 is 1-Lipschitz (and norm-preserving)
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 64, 16, 4, 4, generator=g, dtype=torch.float64)
