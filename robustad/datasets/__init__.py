@@ -2,9 +2,13 @@
 
 from robustad.datasets import (  # noqa: F401  (registration)
     cifar,
+    cityscapes,
+    dagm,
     digits,
     fmnist,
     imagefolder,
+    imagenet30,
+    isic2018,
     mnist,
     mvtec,
     svhn,

@@ -193,3 +193,139 @@ def write_imagefolder(
             for i in range(n):
                 _save(root / part / name / f"{i:03d}.png", np.full((size, size, 3), pixel_value(k), np.uint8))
     return root
+
+
+# -- ImageNet-30, DAGM, ISIC 2018, Cityscapes ------------------------------------------------------
+def class_grey(k: int) -> int:
+    """The grey level that marks class ``k`` in the photo fixtures (distinct for k < 31)."""
+    return 8 * k + 8
+
+
+def _framed(value: int, width: int = 64, height: int = 40) -> np.ndarray:
+    """An RGB photo of grey ``value`` with white 8-px strips at the left and right edges.
+
+    A centre crop (``resize="crop"``) never reaches the strips; stretching keeps them.
+    The strips end on 8-px JPEG block borders, so the grey stays flat after compression.
+    """
+    img = np.full((height, width, 3), value, np.uint8)
+    img[:, :8] = img[:, -8:] = 255
+    return img
+
+
+def write_imagenet30(
+    root: Path, train_classes: list[str] | None = None, per_class: tuple[int, int] = (3, 2)
+) -> Path:
+    """``one_class_train/<class>/<class>/*.JPEG`` (nested, as the archives are) for ``train_classes``
+    (default all 30) and ``one_class_test/<class>/*.JPEG`` for all 30; class ``k`` is grey ``class_grey(k)``.
+    """
+    from robustad.datasets.imagenet30 import CLASSES
+
+    root = Path(root)
+    for k, name in enumerate(CLASSES):
+        if train_classes is None or name in train_classes:
+            for i in range(per_class[0]):
+                _save_jpeg(root / "one_class_train" / name / name / f"{i:03d}.JPEG", _framed(class_grey(k)))
+        for i in range(per_class[1]):
+            _save_jpeg(root / "one_class_test" / name / f"{name}_{i:03d}.JPEG", _framed(class_grey(k)))
+    return root
+
+
+def _save_jpeg(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="JPEG", quality=95)
+
+
+def write_dagm(
+    root: Path,
+    cls: str = "Class1",
+    train: tuple[int, int] = (5, 2),
+    test: tuple[int, int] = (3, 3),
+    ellipses: int = 0,
+    size: int = 64,
+) -> Path:
+    """``root/<cls>/{Train,Test}`` with ``Label/Labels.txt``; ``(normal, defective)`` images per split.
+
+    Grey PNGs named ``0001.PNG``…, the defective ones after the normal ones, each with the
+    white ``DEFECT_BOX`` square and ``Label/<name>_label.PNG``. The last ``ellipses``
+    defective test images instead carry an axis-aligned ellipse (centre x 40.5, y 24.5
+    in 1-based pixels, semi-axes 8 along x and 4 along y), painted white and given only
+    as an ellipse line of ``Labels.txt``.
+    """
+    rng = np.random.default_rng(2)
+    d = Path(root) / cls
+    for split, (n_normal, n_defect) in (("Train", train), ("Test", test)):
+        lines = ["1"]
+        for i in range(n_normal + n_defect):
+            name = f"{i + 1:04d}.PNG"
+            if i < n_normal:
+                _save(d / split / name, _texture(rng, size, grey=True))
+                lines.append(f"{i + 1}\t0\t{name}\t0\t")
+            elif split == "Test" and i >= n_normal + n_defect - ellipses:
+                img = _texture(rng, size, grey=True)
+                yy, xx = np.mgrid[0:size, 0:size] + 0.5
+                img[((xx - 40) / 8) ** 2 + ((yy - 24) / 4) ** 2 <= 1] = 255
+                _save(d / split / name, img)
+                lines.append(f"{i + 1} 8 4 0 40.5 24.5")
+            else:
+                img, mask = _defect(rng, size, grey=True)
+                _save(d / split / name, img)
+                _save(d / split / "Label" / f"{i + 1:04d}_label.PNG", mask)
+                lines.append(f"{i + 1}\t1\t{name}\t0\t{i + 1:04d}_label.PNG")
+        (d / split / "Label").mkdir(parents=True, exist_ok=True)
+        (d / split / "Label" / "Labels.txt").write_text("\n".join(lines) + "\n")
+    return d
+
+
+ISIC_DIAGNOSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+
+
+def write_isic2018(root: Path, splits: dict[str, dict[str, int]] | None = None) -> Path:
+    """ISIC 2018 Task 3 input folders and one-hot ground-truth CSVs under ``root``.
+
+    ``splits``: split (``Training``, ``Test``, ``Validation``) → diagnosis → image count.
+    Images of diagnosis ``k`` (position in ``ISIC_DIAGNOSES``) are 60×45 JPEGs of grey
+    ``class_grey(k)``; each input folder also holds the ``ATTRIBUTION.txt`` and
+    ``LICENSE.txt`` of the real archives. Image ids run on across splits.
+    """
+    splits = splits or {"Training": {"NV": 4, "MEL": 2, "BKL": 1}, "Test": {"NV": 2, "MEL": 1, "DF": 1}}
+    root = Path(root)
+    image_id = 24306
+    for split, counts in splits.items():
+        folder = root / f"ISIC2018_Task3_{split}_Input"
+        gt = root / f"ISIC2018_Task3_{split}_GroundTruth"
+        folder.mkdir(parents=True, exist_ok=True)
+        gt.mkdir(parents=True, exist_ok=True)
+        (folder / "ATTRIBUTION.txt").write_text("fixture\n")
+        (folder / "LICENSE.txt").write_text("fixture\n")
+        rows = []
+        for diagnosis, n in counts.items():
+            k = ISIC_DIAGNOSES.index(diagnosis)
+            for _ in range(n):
+                name = f"ISIC_{image_id:07d}"
+                image_id += 1
+                _save_jpeg(folder / f"{name}.jpg", np.full((45, 60, 3), class_grey(k), np.uint8))
+                rows.append([name, *("1.0" if d == diagnosis else "0.0" for d in ISIC_DIAGNOSES)])
+        with open(gt / f"ISIC2018_Task3_{split}_GroundTruth.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", *ISIC_DIAGNOSES])
+            w.writerows(rows)
+    return root
+
+
+def write_cityscapes(root: Path, n_id: int = 10, n_ood: int = 4) -> Path:
+    """``root/ID/<city>/*.png`` and ``root/OOD/<city>/*.png``, 64×32 RGB.
+
+    ID frame ``i`` is grey ``10 + 20·i`` (i < 10) and OOD frames are grey 250 with a
+    black band, so a test can tell every frame apart.
+    """
+    root = Path(root)
+    for i in range(n_id):
+        _save(root / "ID" / ("aachen" if i % 2 else "bochum") / f"id_{i:03d}.png",
+              np.full((32, 64, 3), 10 + 20 * i, np.uint8))  # fmt: skip
+    for i in range(n_ood):
+        img = np.full((32, 64, 3), 250, np.uint8)
+        img[:, 8 * i : 8 * i + 8] = 0
+        _save(root / "OOD" / "lindau" / f"ood_{i:03d}.png", img)
+    return root

@@ -15,7 +15,10 @@ is kept twice:
 
 Non-square images are stretched to a square, as anomalib's default resize does;
 the one-class protocol compares images of one camera set-up, so the aspect
-change is the same for normal and anomalous images.
+change is the same for normal and anomalous images. ``resize="crop"`` instead
+scales the shorter side to ``image_size``·256/224 and keeps the centre square
+(torchvision's ``Resize(256)`` + ``CenterCrop(224)`` at 224 px, the ImageNet
+test transform), for photographs whose framing varies.
 
 Colour modes: 8-bit greyscale (``L``) stays one channel and ``RGB`` three. With
 ``mode="auto"`` the first image decides and every other image must match (a
@@ -40,6 +43,7 @@ from robustad.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MODES = ("auto", "RGB", "L")
+RESIZES = ("stretch", "crop")
 # Bump when decoding or resizing changes, so old cache files are not reused.
 CACHE_VERSION = 1
 _MEMORY: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
@@ -63,6 +67,15 @@ def is_image(path: Path) -> bool:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (so indices are reproducible)."""
     return sorted(p for p in folder.iterdir() if is_image(p))
+
+
+def list_images_tree(folder: Path) -> list[Path]:
+    """Image files anywhere below ``folder`` (hidden folders skipped), sorted by path."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def check_image_size(image_size: int | None) -> None:
@@ -90,10 +103,17 @@ def _open(path: Path):
         raise UserError(f"cannot read image {path} ({exc}); replace the file or remove it") from exc
 
 
-def read_image(path: Path, image_size: int | None, mode: str) -> np.ndarray:
+def crop_short_side(image_size: int) -> int:
+    """The shorter side before the centre crop of ``resize="crop"``: 256 for 224."""
+    return round(image_size * 256 / 224)
+
+
+def read_image(path: Path, image_size: int | None, mode: str, resize: str = "stretch") -> np.ndarray:
     """One image as uint8 (H,W) for grey or (H,W,3) for RGB, resized to ``image_size``.
 
     ``mode`` is the wanted mode (``L`` or ``RGB``); ``auto`` accepts either as stored.
+    ``resize``: ``stretch`` to the square, or ``crop`` (shorter side to
+    :func:`crop_short_side`, then the centre square).
     """
     from PIL import Image
 
@@ -102,7 +122,8 @@ def read_image(path: Path, image_size: int | None, mode: str) -> np.ndarray:
         if image_size is not None:
             # JPEG only: decode at the smallest 1/2^k scale still ≥ image_size (much faster
             # for VisA's 1.5k px photos); the bilinear resize below sets the final size.
-            img.draft(img.mode if img.mode in ("L", "RGB") else None, (image_size, image_size))
+            side = crop_short_side(image_size) if resize == "crop" else image_size
+            img.draft(img.mode if img.mode in ("L", "RGB") else None, (side, side))
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(
@@ -116,7 +137,15 @@ def read_image(path: Path, image_size: int | None, mode: str) -> np.ndarray:
             f"image {path} has mode {img.mode!r}; only 8-bit greyscale (L) and RGB are read as "
             "stored: convert the file, or set the dataset parameter mode: RGB (or L) to convert on load"
         )
-    if image_size is not None and img.size != (image_size, image_size):
+    if image_size is not None and resize == "crop":
+        # torchvision's Resize(int) then CenterCrop: the long side is truncated, the offset rounded.
+        short, (w, h) = crop_short_side(image_size), img.size
+        size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        if img.size != size:
+            img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+        left, top = round((size[0] - image_size) / 2), round((size[1] - image_size) / 2)
+        img = img.crop((left, top, left + image_size, top + image_size))
+    elif image_size is not None and img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.asarray(img, dtype=np.uint8)
 
@@ -142,12 +171,15 @@ def read_mask(path: Path, image_size: int | None, expected_size: tuple[int, int]
     return (np.asarray(img) > 0).astype(np.uint8)
 
 
-def _image_size_of(path: Path) -> tuple[int, int]:
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
     with _open(path) as img:
         return img.size
 
 
-def _key(paths: list[Path], masks: list[Path | None] | None, image_size: int | None, mode: str) -> str:
+def _key(
+    paths: list[Path], masks: list[Path | None] | None, image_size: int | None, mode: str, resize: str
+) -> str:
     entries = []
     for p in [*paths, *(m for m in (masks or []) if m is not None)]:
         try:
@@ -156,7 +188,10 @@ def _key(paths: list[Path], masks: list[Path | None] | None, image_size: int | N
             raise UserError(f"cannot read {p} ({exc}); check the dataset folder") from exc
         entries.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
     mask_layout = None if masks is None else [m is not None for m in masks]
-    text = json.dumps([CACHE_VERSION, image_size, mode, entries, mask_layout])
+    fields = [CACHE_VERSION, image_size, mode, entries, mask_layout]
+    if resize != "stretch":  # the default leaves the keys of existing cache files unchanged
+        fields.append(resize)
+    text = json.dumps(fields)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -199,6 +234,7 @@ def load_images(
     masks: list[Path | None] | None = None,
     use_cache: bool = True,
     stats: dict | None = None,
+    resize: str = "stretch",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode ``paths`` into uint8 (N,H,W) grey or (N,H,W,3) RGB, plus masks uint8 (N,H,W) of 0/1.
 
@@ -207,12 +243,16 @@ def load_images(
     files' own size (they must all agree). Every file is read before anything is
     returned or cached, so a bad file leaves nothing half-loaded behind.
     ``stats`` (if given) receives ``source``: ``memory``, ``disk`` or ``decoded``.
+    ``resize``: ``stretch`` (default) or ``crop`` (see :func:`read_image`; masks are
+    not supported with ``crop``).
     """
     check_image_size(image_size)
     _check_mode(mode)
+    if resize not in RESIZES or (resize == "crop" and masks is not None):
+        raise ValueError(f"resize must be one of {RESIZES} (crop without masks), got {resize!r}")
     if not paths:
         raise ValueError("load_images needs at least one file")
-    key = _key(paths, masks, image_size, mode)
+    key = _key(paths, masks, image_size, mode, resize)
     stats = stats if stats is not None else {}
     if use_cache and key in _MEMORY:
         _MEMORY.move_to_end(key)
@@ -228,7 +268,7 @@ def load_images(
     images = []
     want = mode
     for p in paths:
-        arr = read_image(p, image_size, mode)
+        arr = read_image(p, image_size, mode, resize)
         if want == "auto":
             want = "L" if arr.ndim == 2 else "RGB"  # the first image fixes the mode of the set
         elif (arr.ndim == 2) != (want == "L"):
@@ -251,7 +291,7 @@ def load_images(
         out_masks = np.zeros((len(paths), h, w), np.uint8)
         for i, (p, m) in enumerate(zip(paths, masks)):
             if m is not None:
-                out_masks[i] = read_mask(m, image_size, _image_size_of(p))
+                out_masks[i] = read_mask(m, image_size, image_size_of(p))
     value = (out_images, out_masks)
     if use_cache:
         _write_disk(file, out_images, out_masks)
