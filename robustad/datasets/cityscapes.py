@@ -1,8 +1,8 @@
 """``cityscapes``: the Cityscapes in-distribution / out-of-distribution image split of the AD literature.
 
 Not the raw Cityscapes release, but the export the paper's authors made from it
-(docs/DATASETS.md): frames already sorted, by a threshold on their pixel
-labels, into two folders::
+(docs/DATASETS.md): frames already sorted (thresholded when the export was
+made) into two folders::
 
     ID/**/*.png     in-distribution frames (normal)
     OOD/**/*.png    out-of-distribution frames (anomalous)

@@ -7,7 +7,7 @@ Layout of one class, as released with its Train/Test split (docs/DATASETS.md)::
     Class<k>/Train/Label/<name>_label.PNG defect mask of a defective image
     Class<k>/Test/...                     the same for the test split
 
-``Labels.txt`` starts with a line holding one number, then one line per image,
+``Labels.txt`` may start with a line holding one number, then has one line per image,
 whitespace-separated: ``<n> <defective 0|1> <image file> 0 [<label file>]``.
 Lines of the original competition's ellipse form, ``<image number> <semi-major>
 <semi-minor> <rotation (rad)> <x> <y>`` (centre in 1-based pixel coordinates),
@@ -54,9 +54,8 @@ LAYOUT = (
 )
 SOURCE = (
     "DAGM 2007 cannot be downloaded automatically (its licence allows non-commercial research use "
-    "after accepting its terms); get it from https://hci.iwr.uni-heidelberg.de/content/"
-    "weakly-supervised-learning-industrial-optical-inspection (or its Kaggle copy), unpack it "
-    "and pass --data-root"
+    "after accepting its terms); get it from https://hci.iwr.uni-heidelberg.de/node/3616 "
+    "(or its Kaggle copy), unpack it and pass --data-root"
 )
 DEFAULT_IMAGE_SIZE = 224
 

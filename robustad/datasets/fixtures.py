@@ -2,9 +2,11 @@
 
 Each writer produces files that the real loader reads through its real parsing
 code (IDX ``.gz``, CIFAR pickles, SVHN ``.mat``, MVTec/VisA PNG/JPEG trees with
-masks, class folders). The content encodes the labels so tests can check them:
-in the array datasets every pixel of an image of class ``k`` is ``pixel_value(k)``;
-in the image trees a defect is a white square exactly where its mask is set.
+masks, class folders, ImageNet-30 split folders, DAGM ``Labels.txt`` with label
+PNGs, ISIC ground-truth CSVs, Cityscapes ID/OOD folders). The content encodes
+the labels so tests can check them: in the array datasets every pixel of an
+image of class ``k`` is ``pixel_value(k)``; in the image trees a defect is a
+white square exactly where its mask is set.
 """
 
 from __future__ import annotations

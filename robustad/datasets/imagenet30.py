@@ -49,8 +49,8 @@ SUBDIRS = ("", "ImageNet30", "imagenet30", "ImageNet-30", "imagenet-30")
 TRAIN, TEST = "one_class_train", "one_class_test"
 LAYOUT = f"{TRAIN}/<class>/**/*.JPEG and {TEST}/<class>/**/*.JPEG for the 30 ImageNet-30 classes"
 SOURCE = (
-    "ImageNet-30 cannot be downloaded automatically (ImageNet's terms of access); get "
-    "one_class_train.tar and one_class_test.tar from the links in https://github.com/hendrycks/ss-ood, "
+    "ImageNet-30 cannot be downloaded automatically (ImageNet's terms of access); get the "
+    "ImageNet-30 train and test archives linked from https://github.com/hendrycks/ss-ood, "
     "unpack them and pass --data-root"
 )
 DEFAULT_IMAGE_SIZE = 224
