@@ -272,6 +272,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "the centre is the mean of batch-statistics embeddings (BatchNorm in training mode), "
         "not of the network that is trained and scores",
     ),
+    Mutant(
+        "draem-mask-not-applied",
+        (("robustad/methods/draem.py", "    return x * (1 - mask) + mask * ((1 - b) * texture + b * x)\n",
+          "    return (1 - b) * texture + b * x  # mutant: blended everywhere\n"),),  # fmt: skip
+        ("tests/test_draem.py::test_simulated_anomalies_change_the_image_inside_the_mask_only",),
+        "DRÆM's texture is blended into the whole image, not only inside the Perlin mask: the "
+        "segmentation target no longer says where the image changed",
+    ),
 )
 
 CANARY = Mutant(
