@@ -163,6 +163,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         if callable(meta.get("locate")):  # datasets: where the files are looked for, and if found
             found, where = meta["locate"](getattr(args, "data_root", None))
             print(f"{'':<{width}}  files: {'found' if found else 'NOT FOUND'}: {where}")
+        if callable(meta.get("weights_found")):  # methods with a pretrained backbone
+            print(f"{'':<{width}}  weights: {meta['weights_found']()}")
     return 0
 
 

@@ -57,6 +57,20 @@ CONFIGS = {
     ),
     # lr 1e-3 and 8 epochs: with the published init and a few steps the score barely depends on the image
     "draem": ("draem", dict(rec_width=4, disc_width=4, epochs=8, batch_size=16, lr=1e-3)),
+    # random ResNet-18 backbones (no weights can be fetched here); 8×8 digits upsampled to 16 px
+    # inside the model, so the k-NN runs over a 2×2 patch grid
+    "patchcore": (
+        "patchcore",
+        dict(backbone="resnet18", weights=None, input_size=16, resize_to=None, embed_dim=64, max_train=32),
+    ),
+    "patchcore-anomalib": (
+        "patchcore",
+        dict(backbone="resnet18", weights=None, variant="anomalib", input_size=16, resize_to=None,
+             num_neighbors=3, max_train=32),
+    ),
+    "zarnd": ("zarnd", dict(backbone="resnet18", weights=None, input_size=16, max_train=32)),
+    "msad": ("msad", dict(backbone="resnet18", weights=None, input_size=16, resize_to=None, epochs=1,
+                          batch_size=16, max_train=32)),
 }
 NAMES = list(CONFIGS)
 N_TEST = 8

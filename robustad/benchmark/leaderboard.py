@@ -311,8 +311,17 @@ def build_table(store: Store, mode: str = "both") -> Table:
         f"AUROC in %, attack mode '{mode}'; a constant detector scores "
         f"{CONSTANT_DETECTOR_AUROC:.1f} under any attack."
     )
+    # a pretrained method run on random weights is not the published method: every cell says so
+    random_rows = {(ids.row[k], ids.dataset[k]) for k, f in fits.items()
+                   if (f.get("info") or {}).get("pretrained") is False}  # fmt: skip
+    for row, dataset in random_rows:
+        for d, c in table.columns:
+            if d == dataset:
+                flags.setdefault((row, d, c), set()).add(RANDOM_WEIGHTS)
     if flags:
         table.notes.append(FLAG_NOTE)
+    if random_rows:
+        table.notes.append(RANDOM_WEIGHTS_NOTE)
     for key, (n, total) in table.incomplete.items():
         table.flags.setdefault(key, set()).add(f"{INCOMPLETE} {n}/{total}")
     if table.incomplete:
@@ -387,6 +396,11 @@ def superseded_fits(fit_rows) -> dict[str, str]:
 
 #: weakest to strongest, so a row reads as the attack budget grows
 ATTACK_ORDER = ("none", "noise", "fgsm", "pgd", "eot-pgd", "apgd", "square", "aa")
+RANDOM_WEIGHTS = "random weights"
+RANDOM_WEIGHTS_NOTE = (
+    "[random weights]: a method published with a pretrained backbone, run here with a randomly "
+    "initialised one (weights: null); not the published method's number."
+)
 FLAG_NOTE = (
     "[flags] raised on at least one run: zero-grad = over 10% of samples had a zero input "
     "gradient; box-masking = over 1% of pixels at 0 or 1 had a zero gradient there but not just "

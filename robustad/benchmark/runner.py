@@ -150,6 +150,8 @@ class FitJob:
     data_root: str | None = None
     # Detector.fit_version of the method's class; only when > 1, so older ids stay valid
     method_version: int = 1
+    # SHA-256 of the pretrained weights the fit loads (methods.weights); None: no file
+    weights_sha256: str | None = None
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -158,6 +160,7 @@ class FitJob:
             **({"method_version": self.method_version} if self.method_version != 1 else {}),
             "method": self.method,
             "params": self.params,
+            **({"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}),
             "dataset": self.dataset,
             "data_params": self.data_params,
             # only when given, so runs on the default locations keep their ids
@@ -251,6 +254,9 @@ def expand_grid(cfg: dict[str, Any]) -> Grid:
     data_root = str(Path(root).expanduser().resolve()) if root else None
     for method in cfg["methods"]:
         mparams = full_params(METHODS, method, cfg["method_params"].get(method, {}))
+        # resolving pretrained weights here stops a run with missing ones before training
+        identity = getattr(METHODS.get(method).factory, "weights_identity", None)
+        weights_sha256 = identity(mparams) if callable(identity) else None
         for dataset in cfg["datasets"]:
             for c in dataset_classes(dataset, cfg["classes"]):
                 for seed in cfg["seeds"]:
@@ -264,6 +270,7 @@ def expand_grid(cfg: dict[str, Any]) -> Grid:
                         dparams,
                         data_root,
                         method_fit_version(method),
+                        weights_sha256,
                     )
                     grid.fits.append(fit)
                     evals = []
@@ -459,6 +466,13 @@ def _row(job: FitJob | EvalJob, cfg: dict[str, Any], started: float) -> dict[str
 
 def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[str, int]:
     """Run every missing job of the configured grid; returns counts of what happened."""
+    from robustad.methods.weights import downloads_allowed
+
+    with downloads_allowed(bool(cfg.get("download"))):  # pretrained weights, only with --download
+        return _run_grid(cfg, out, quiet)
+
+
+def _run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool) -> dict[str, int]:
     from robustad.config import check_buildable
 
     out = Path(out)
