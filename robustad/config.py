@@ -245,6 +245,17 @@ def check_buildable(cfg: dict[str, Any]) -> None:
                 raise UserError(
                     f"{registry.kind} {name!r} cannot be built with {key} {params}: {exc}"
                 ) from exc
+            # An attack on the anomaly map (pgd-map) needs methods that have one.
+            if getattr(obj, "needs_anomaly_map", False):
+                from robustad.methods.base import Detector
+
+                without = [m for m in cfg["methods"]
+                           if getattr(METHODS.get(m).factory, "anomaly_map", None) is Detector.anomaly_map]  # fmt: skip
+                if without:
+                    raise UserError(
+                        f"attack {name!r} attacks the anomaly map, which {', '.join(without)} do(es) not "
+                        f"produce; run it on localising methods only (bench list methods: localises)"
+                    )
             # An attack that supports only some norms (ta:PGD is L∞ only) says so now,
             # not after training.
             check_norm = getattr(obj, "check_norm", None)

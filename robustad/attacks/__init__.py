@@ -4,6 +4,7 @@ from robustad.attacks import (  # noqa: F401  (registration)
     aa,
     apgd,
     fgsm,
+    map_attack,
     noise,
     none,
     pgd,

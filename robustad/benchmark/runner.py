@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from robustad.attacks.reliability import cross_job_flags, job_flags
-from robustad.benchmark.metrics import at_least_clean, attack_metrics, auroc, certified_metrics, score_metrics
+from robustad.benchmark.metrics import (
+    at_least_clean,
+    attack_metrics,
+    auroc,
+    certified_metrics,
+    pixel_auroc,
+    score_metrics,
+)
 from robustad.benchmark.store import Store
 from robustad.datasets import OneClassData, load_dataset
 from robustad.errors import UserError
@@ -308,8 +315,14 @@ def attack_test_set(
     seed: int,
     batch_size: int,
     device: str,
+    adv_maps: list | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Attack every test sample; returns adversarial scores (N,) and attack diagnostics."""
+    """Attack every test sample; returns adversarial scores (N,) and attack diagnostics.
+
+    With ``adv_maps`` (a list), the anomaly maps of the attacked images are appended to it,
+    batch by batch (localising detectors on data with masks). Attacks that declare
+    ``needs_masks`` (``pgd-map``) receive the test masks.
+    """
     seed_everything(seed)
     attack = ATTACKS.create(attack_name, **{**attack_params, "seed": seed})
     detector.eval()
@@ -319,8 +332,15 @@ def attack_test_set(
     for i in range(0, len(data.test_x), batch_size):
         xb = data.test_x[i : i + batch_size].to(device)
         yb = data.test_y[i : i + batch_size].to(device)
-        x_adv = attack.perturb(detector, xb, yb, threat)
+        extra = {}
+        if getattr(attack, "needs_masks", False):
+            masks = data.test_masks[i : i + batch_size].to(device) if data.test_masks is not None else None
+            extra["masks"] = masks
+        x_adv = attack.perturb(detector, xb, yb, threat, **extra)
         _check_budget(x_adv, xb, threat)
+        if adv_maps is not None:
+            with torch.no_grad():
+                adv_maps.append(detector.anomaly_map(x_adv).float().cpu())
         # The score each point was judged by when the attack chose it (for a
         # stochastic detector a fresh draw could exceed the clean score).
         adv_scores.append(attack.adv_scores.detach().cpu())
@@ -336,6 +356,19 @@ def attack_test_set(
         info["member_auroc"] = {k: auroc(v, labels) for k, v in member_adv.items()}
         info["member_sole_best_frac"] = sole_best_fractions(member_adv, labels)
     return torch.cat(adv_scores).numpy().astype(np.float64), info
+
+
+def localises_on(detector: Detector, data: OneClassData) -> bool:
+    """Pixel-level results apply: the data has masks and the detector an anomaly map."""
+    return data.test_masks is not None and type(detector).anomaly_map is not Detector.anomaly_map
+
+
+def anomaly_maps(detector: Detector, x: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
+    """(N,H,W) anomaly maps, in batches, without gradients."""
+    detector.eval()
+    with torch.no_grad():
+        return torch.cat([detector.anomaly_map(x[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)]).numpy()  # fmt: skip
 
 
 def sole_best_fractions(member_adv: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
@@ -391,8 +424,7 @@ def store_cross_job_flags(store: Store, fit_id: str) -> None:
         flags = reliability_flags(info) + cross.get(r["job_id"], [])
         if flags != info.get("flags"):
             info["flags"] = flags
-            s = store.samples(r["job_id"]) or {}
-            store.put({**r, "info": info}, labels=s.get("labels"), clean=s.get("clean"), adv=s.get("adv"))
+            store.update_info(r["job_id"], info)
 
 
 # -- the driver --------------------------------------------------------------------------
@@ -550,12 +582,18 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
             os.replace(tmp, ckpt)  # atomic: a killed run never leaves half a checkpoint
             clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)
             row = _row(fit, cfg, started)
+            metrics = score_metrics(clean, data.test_y.numpy(), "clean_")
+            maps = None
+            if localises_on(detector, data):
+                masks = data.test_masks.numpy()
+                maps = {"masks": masks, "clean": anomaly_maps(detector, data.test_x, cfg["batch_size"], device)}
+                metrics["clean_pixel_auroc"] = pixel_auroc(maps["clean"], masks)
             row.update(
                 status="done",
-                metrics=score_metrics(clean, data.test_y.numpy(), "clean_"),
+                metrics=metrics,
                 info={"device": device, **detector.info(), "train_size": len(data.train_x)},
             )
-            store.put(row, labels=data.test_y.numpy(), clean=clean)
+            store.put(row, labels=data.test_y.numpy(), clean=clean, maps=maps)
             counts["done"] += 1
     except (KeyboardInterrupt, UserError):
         raise
@@ -578,15 +616,22 @@ def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, count
         started = time.time()
         try:
             seed = job.params.get("seed", fit.seed)  # a user's attack seed, else the run seed
+            fit_maps = store.maps(fit.job_id) if localises_on(detector, data) else None
+            adv_maps = [] if fit_maps is not None else None
             adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
-                                        seed, cfg["batch_size"], device)  # fmt: skip
+                                        seed, cfg["batch_size"], device, adv_maps)  # fmt: skip
             adv = at_least_clean(clean, adv, labels)
             row = _row(job, cfg, started)
             info["flags"] = reliability_flags(info)
             metrics = attack_metrics(clean, adv, labels)
             metrics.update(certified_metrics(detector, job.threat, clean, labels))
+            maps = None
+            if fit_maps is not None:
+                maps = {**fit_maps, "adv": torch.cat(adv_maps).numpy()}
+                metrics["clean_pixel_auroc"] = pixel_auroc(maps["clean"], maps["masks"])
+                metrics["adv_pixel_auroc"] = pixel_auroc(maps["adv"], maps["masks"])
             row.update(status="done", metrics=metrics, info=info)
-            store.put(row, labels=labels, clean=clean, adv=adv)
+            store.put(row, labels=labels, clean=clean, adv=adv, maps=maps)
             counts["done"] += 1
         except (KeyboardInterrupt, UserError):
             raise

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS samples (
     clean  BLOB NOT NULL,
     adv    BLOB                          -- NULL for fit jobs
 );
+CREATE TABLE IF NOT EXISTS maps (        -- anomaly maps of localising detectors on data with masks
+    job_id TEXT PRIMARY KEY REFERENCES jobs(job_id),
+    masks  BLOB NOT NULL,                -- (N,H,W) pixel labels
+    clean  BLOB NOT NULL,                -- (N,H,W) maps of the clean images
+    adv    BLOB                          -- (N,H,W) maps of the attacked images; NULL for fit jobs
+);
 """
 
 JSON_COLUMNS = ("config", "metrics", "info", "versions")
@@ -122,6 +128,7 @@ class Store:
         labels=None,
         clean=None,
         adv=None,
+        maps: dict | None = None,
     ) -> bool:
         """Insert or replace one job (and its per-sample scores) atomically.
 
@@ -145,12 +152,24 @@ class Store:
                     return False
             self.conn.execute(f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
             self.conn.execute("DELETE FROM samples WHERE job_id = ?", (row["job_id"],))
+            self.conn.execute("DELETE FROM maps WHERE job_id = ?", (row["job_id"],))
             if labels is not None:
                 self.conn.execute(
                     "INSERT INTO samples (job_id, labels, clean, adv) VALUES (?, ?, ?, ?)",
                     (row["job_id"], _to_blob(labels), _to_blob(clean), _to_blob(adv)),
                 )
+            if maps is not None:
+                self.conn.execute(
+                    "INSERT INTO maps (job_id, masks, clean, adv) VALUES (?, ?, ?, ?)",
+                    (row["job_id"], _to_blob(maps["masks"]), _to_blob(maps["clean"]), _to_blob(maps.get("adv"))),
+                )
         return True
+
+    def update_info(self, job_id: str, info: dict[str, Any]) -> None:
+        """Replace one job's ``info`` (e.g. cross-job flags) without touching its samples."""
+        text = json.dumps(info, sort_keys=True, default=_json_default)
+        with self._unlocked(), self.conn:
+            self.conn.execute("UPDATE jobs SET info = ? WHERE job_id = ?", (text, job_id))
 
     # -- reading ------------------------------------------------------------
     def status(self, job_id: str) -> str | None:
@@ -178,6 +197,13 @@ class Store:
         if r is None:
             return None
         return {k: _from_blob(r[k]) for k in ("labels", "clean", "adv")}
+
+    def maps(self, job_id: str) -> dict[str, np.ndarray | None] | None:
+        """Masks and clean/attacked anomaly maps of a job (None when it stored none)."""
+        r = self.conn.execute("SELECT masks, clean, adv FROM maps WHERE job_id = ?", (job_id,)).fetchone()
+        if r is None:
+            return None
+        return {k: _from_blob(r[k]) for k in ("masks", "clean", "adv")}
 
     def count(self, **where: Any) -> int:
         clause = " AND ".join(f"{k} = ?" for k in where)
