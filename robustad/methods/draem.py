@@ -97,6 +97,7 @@ def perlin_noise(
     res: tuple[int, int],
     generator: torch.Generator | None = None,
     batch: int | None = None,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """2-D Perlin noise (H,W) in [−1, 1] on a lattice of ``res`` = (rows, columns) cells;
     ``batch=B`` gives B independent maps (B,H,W).
@@ -106,7 +107,8 @@ def perlin_noise(
     CPU), dot products with the offsets to the four corners of a pixel's cell, blended
     with the quintic fade 6t⁵ − 15t⁴ + 10t³, times √2. Pixel i sits at lattice
     coordinate i·res/size, so the result equals the code's when the size is a multiple
-    of ``res`` and is defined for any size. Float32 on the CPU.
+    of ``res`` and is defined for any size. Float32, computed on ``device`` (the random
+    angles are drawn on the CPU whatever the device).
     """
     h, w = (int(s) for s in shape)
     ry, rx = (int(r) for r in res)
@@ -114,9 +116,10 @@ def perlin_noise(
         raise ValueError(f"the Perlin lattice needs at least one cell per axis, got {res}")
     lead = () if batch is None else (int(batch),)
     angles = 2 * math.pi * torch.rand(*lead, ry + 1, rx + 1, generator=generator, dtype=torch.float64)
+    angles = angles.to(device)
     gy, gx = torch.cos(angles), torch.sin(angles)  # gradient (row, column) components
-    ys = torch.arange(h, dtype=torch.float64) * ry / h
-    xs = torch.arange(w, dtype=torch.float64) * rx / w
+    ys = torch.arange(h, dtype=torch.float64, device=angles.device) * ry / h
+    xs = torch.arange(w, dtype=torch.float64, device=angles.device) * rx / w
     iy, ix = ys.floor().long(), xs.floor().long()
     fy, fx = torch.meshgrid(ys - iy, xs - ix, indexing="ij")
     iy, ix = iy.view(-1, 1), ix.view(1, -1)
@@ -154,7 +157,11 @@ def perlin_exponents(size: int, min_scale: int, max_scale: int) -> tuple[int, in
 
 
 def fractal_texture(
-    channels: int, shape: tuple[int, int], generator: torch.Generator, octaves: int = 4
+    channels: int,
+    shape: tuple[int, int],
+    generator: torch.Generator,
+    octaves: int = 4,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Synthetic anomaly source (our choice, in place of DTD): fractal Perlin noise,
     independent per channel (colour noise on RGB), Σ_o 2^(−o) · perlin(2^(e₀+o)) from a
@@ -163,10 +170,10 @@ def fractal_texture(
     h, w = shape
     top = max(int(math.floor(math.log2(max(min(h, w), 2)))) - 1, 0)
     base = int(torch.randint(0, max(top - 1, 0) + 1, (1,), generator=generator))
-    acc = torch.zeros(channels, h, w)
+    acc = torch.zeros(channels, h, w, device=device)
     for o in range(min(int(octaves), top - base + 1)):
         e = base + o
-        acc = acc + perlin_noise((h, w), (2**e, 2**e), generator, batch=channels) / 2**o
+        acc = acc + perlin_noise((h, w), (2**e, 2**e), generator, batch=channels, device=device) / 2**o
     lo = acc.flatten(1).amin(1).view(-1, 1, 1)
     hi = acc.flatten(1).amax(1).view(-1, 1, 1)
     return (acc - lo) / (hi - lo).clamp(min=1e-8)
@@ -187,7 +194,7 @@ def _brightness(t: Tensor, g: torch.Generator) -> Tensor:
 
 def _sharpness(t: Tensor, g: torch.Generator) -> Tensor:
     # PIL ImageEnhance.Sharpness: blend with the SMOOTH-filtered image by a factor in [0, 2)
-    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
+    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=t.device) / 13
     c = t.shape[0]
     smooth = F.conv2d(F.pad(t[None], (1, 1, 1, 1), mode="replicate"), k.expand(c, 1, 3, 3), groups=c)[0]
     return (smooth + _u(g, 0.0, 2.0) * (t - smooth)).clamp(0, 1)
@@ -264,7 +271,7 @@ def augment_texture(t: Tensor, generator: torch.Generator, ops: int = 3) -> Tens
 
 
 class SimulatedAnomalies(NamedTuple):
-    """One batch of simulated anomalies (:func:`simulate_anomalies`), all on the CPU."""
+    """One batch of simulated anomalies (:func:`simulate_anomalies`), on the images' device."""
 
     images: Tensor  #: (N,C,H,W) the augmented images, the networks' input
     masks: Tensor  #: (N,1,H,W) 0/1: where the texture was blended in
@@ -291,34 +298,35 @@ def simulate_anomalies(
     beta_max: float = 0.8,
     anomaly_prob: float = 0.5,
 ) -> SimulatedAnomalies:
-    """The code's ``augment_image`` for a batch (N,C,H,W) in [0,1] (on the CPU).
+    """The code's ``augment_image`` for a batch (N,C,H,W) in [0,1], on the batch's device.
 
     Per image: a Perlin noise map at lattice resolution (2^a, 2^b), a and b uniform in
     :func:`perlin_exponents`, rotated by U(−90°, 90°) and thresholded (> ``threshold``)
     into the mask; a texture (a random one of ``textures`` (K,C,H,W), else
     :func:`fractal_texture`) augmented by :func:`augment_texture`; β ~ U[0, ``beta_max``);
     the image :func:`blend`-ed. With probability 1 − ``anomaly_prob`` the image stays
-    clean and its mask empty. Every draw comes from ``generator``.
+    clean and its mask empty. Every draw comes from ``generator`` (on the CPU, so a
+    seed gives the same draws on every device; the arithmetic runs on the batch's device).
     """
     n, c, h, w = x.shape
     low, high = perlin_exponents(min(h, w), min_perlin_scale, perlin_scale)
     noise, angles, tex, betas, anomalous = [], [], [], [], []
     for _ in range(n):
         a, b = (int(v) for v in torch.randint(low, high, (2,), generator=generator))
-        noise.append(perlin_noise((h, w), (2**a, 2**b), generator))
+        noise.append(perlin_noise((h, w), (2**a, 2**b), generator, device=x.device))
         angles.append(_u(generator, -90, 90))
         if textures is not None and len(textures):
-            t = textures[int(torch.randint(len(textures), (1,), generator=generator))].float()
+            t = textures[int(torch.randint(len(textures), (1,), generator=generator))].to(x.device).float()
         else:
-            t = fractal_texture(c, (h, w), generator)
+            t = fractal_texture(c, (h, w), generator, device=x.device)
         tex.append(augment_texture(t, generator))
         betas.append(_u(generator, 0.0, beta_max))
         anomalous.append(_u(generator, 0.0, 1.0) < anomaly_prob)
     noise_t = rotate(torch.stack(noise)[:, None], torch.tensor(angles))
-    anomalous_t = torch.tensor(anomalous)
+    anomalous_t = torch.tensor(anomalous, device=x.device)
     masks = (noise_t > threshold).to(x.dtype) * anomalous_t.view(-1, 1, 1, 1).to(x.dtype)
     textures_t = torch.stack(tex).to(x.dtype)
-    betas_t = torch.tensor(betas, dtype=x.dtype)
+    betas_t = torch.tensor(betas, dtype=x.dtype, device=x.device)
     images = blend(x, textures_t, masks, betas_t)
     return SimulatedAnomalies(images, masks, noise_t, textures_t, betas_t, anomalous_t)
 
@@ -329,7 +337,7 @@ def rotate_some(x: Tensor, generator: torch.Generator, prob: float, max_degrees:
     angles = (2 * torch.rand(len(x), generator=generator) - 1) * max_degrees
     if not bool(do.any()):
         return x
-    return torch.where(do.view(-1, 1, 1, 1), rotate(x, angles), x)
+    return torch.where(do.view(-1, 1, 1, 1).to(x.device), rotate(x, angles), x)
 
 
 # -- losses ------------------------------------------------------------------------------------
@@ -700,8 +708,10 @@ class DRAEM(Detector):
             self.texture_images_used.fill_(len(textures))
         self.train_images_used.fill_(len(x))
         self.to(ctx.device)
-        with torch.no_grad():
-            x = self.to_working_size(x.float()).cpu()  # augmentation runs on the CPU
+        if textures is not None:
+            textures = textures.to(ctx.device)
+        with torch.no_grad():  # the augmentation runs on the device too (its draws on the CPU)
+            x = self.to_working_size(x.float().to(ctx.device))
         bs = max(int(self.batch_size), 1)
         epochs = int(self.epochs)
         opt = torch.optim.Adam(
@@ -718,7 +728,7 @@ class DRAEM(Detector):
         )
         for epoch in range(epochs):
             self.train()
-            order = torch.randperm(len(x), generator=gen)
+            order = torch.randperm(len(x), generator=gen).to(x.device)
             sums: dict[str, float] = {}
             steps = 0
             for i in range(0, len(x), bs):
@@ -727,8 +737,7 @@ class DRAEM(Detector):
                     continue
                 clean = rotate_some(xb, gen, self.rotate_prob)
                 sim = simulate_anomalies(clean, gen, textures, **kw)
-                sim = SimulatedAnomalies(*(t.to(ctx.device) for t in sim))
-                loss, parts = self.loss(sim, clean.to(ctx.device))
+                loss, parts = self.loss(sim, clean)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
