@@ -9,7 +9,8 @@
   the input's size, and the surrogate is smooth; grey and RGB, native and resized
   inputs pass the conformance suite;
 - a textures folder is used (and recorded) when given, synthetic textures otherwise;
-- through ``bench run`` on digits, PGD lowers the AUROC and never raises it.
+- through ``bench run`` on digits, PGD lowers the AUROC and never raises it; on an MVTec
+  fixture the stored maps give a pixel AUROC that ``pgd-map`` lowers.
 """
 
 from __future__ import annotations
@@ -323,3 +324,30 @@ def test_pgd_lowers_and_never_raises_the_auroc_through_bench_run(tmp_path):
     clean, adv = np.asarray(samples["clean"]), np.asarray(samples["adv"])
     normal = np.asarray(samples["labels"]) == 0
     assert (adv[normal] >= clean[normal]).all() and (adv[~normal] <= clean[~normal]).all()
+
+
+def test_pixel_auroc_of_the_anomaly_map_through_bench_run_on_an_mvtec_tree(tmp_path):
+    from robustad.datasets.fixtures import write_mvtec
+
+    write_mvtec(tmp_path / "mv", "bottle", n_train=16, n_good=4, defects={"crack": 4}, grey=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "method_params:\n  draem: {rec_width: 8, disc_width: 8, epochs: 15, batch_size: 8, lr: 0.001}\n"
+        "attack_params:\n  pgd: {steps: 5}\n  pgd-map: {steps: 5}\n"
+        "dataset_params:\n  mvtec: {image_size: 32}\n"
+    )
+    out = tmp_path / "out"
+    run = ["run", "--methods", "draem", "--datasets", "mvtec", "--classes", "bottle", "--quiet"]
+    run += ["--data-root", str(tmp_path / "mv"), "--attacks", "pgd,pgd-map", "--eps", "8/255"]
+    assert main([*run, "--config", str(cfg), "--out", str(out)]) == 0
+    with Store(out / "bench.sqlite") as store:
+        fit = store.jobs(kind="fit", status="done")[0]
+        evals = {r["attack"]: r for r in store.jobs(kind="eval", status="done")}
+        maps = store.maps(fit["job_id"])
+    # DRÆM localises: its maps are stored at the images' size and score the defect pixels
+    assert maps["clean"].shape == (8, 32, 32)
+    assert fit["metrics"]["clean_pixel_auroc"] > 0.6
+    # attacking the image score never raises its AUROC; attacking the map lowers the pixel AUROC
+    assert evals["pgd"]["metrics"]["adv_auroc"] <= fit["metrics"]["clean_auroc"]
+    assert evals["pgd-map"]["metrics"]["adv_pixel_auroc"] < fit["metrics"]["clean_pixel_auroc"]
+    assert all(r["info"]["flags"] == [] for r in evals.values())
