@@ -37,7 +37,7 @@ Score (as the code)
     BatchNorm is in eval mode, there is no clamp, threshold or argmax on the score
     path; the max over pixels is differentiable almost everywhere (the gradient flows
     through the arg-max pixel). ``surrogate_score`` is the smooth stand-in for
-    adaptive attacks (BASELINES §9.4): τ·logsumexp over pixels of the pooled logit
+    adaptive attacks: τ·logsumexp over pixels of the pooled logit
     margin z₁ − z₀ (it does not saturate as the softmax does), τ =
     ``surrogate_temperature``; the attacks judge their points by the true score.
 
@@ -52,8 +52,8 @@ Differences (ours, recorded in ``info()`` and the registry metadata)
       PIL's and imgaug's exact value mappings are not reproduced, and hue/saturation
       do nothing on grey images).
     * Grey images keep one channel (the reconstruction has the image's channels, the
-      discriminator sees 2·C); the suite's repeat-to-3-channels rule is for
-      pretrained backbones, and an attacker perturbs one channel either way.
+      discriminator sees 2·C): nothing pretrained expects three, and an attacker
+      perturbs the one channel either way.
     * Inputs are scored at their native size unless ``image_size`` is set (then they
       are resized inside the model, bilinear, antialiased when shrinking, and the map
       is resized back); images stay RGB (the code reads BGR with OpenCV).
