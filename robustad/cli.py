@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--format", choices=["csv", "latex", "md"], default="md")
     lb.add_argument("--attack-mode", dest="attack_mode", default="both",
                     choices=["both", "normal", "anomaly"])  # fmt: skip
+    lb.add_argument("--ci", action="store_true",
+                    help="show the 95%% bootstrap interval of every cell in Markdown/LaTeX "
+                         "(the CSV always has it)")  # fmt: skip
     _add_out(lb)
 
     pl = sub.add_parser("plot", help="draw figures from the store into <out>/plots")
@@ -123,7 +126,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from robustad.benchmark.leaderboard import EXTENSIONS, FORMATS, build_table
 
     with _open_store(args.out) as store:
-        text = FORMATS[args.format](build_table(store, args.attack_mode))
+        table = build_table(store, args.attack_mode, ci=args.ci or args.format == "csv")
+        text = FORMATS[args.format](table, ci=args.ci)
         write_runs_csv(store, args.out, args.attack_mode)  # the table's runs, as data
     path = Path(args.out) / f"leaderboard.{EXTENSIONS[args.format]}"
     path.write_text(text)

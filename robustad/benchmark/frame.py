@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustad.benchmark.bootstrap import N_BOOT, SEED, auroc_ci, run_seed
 from robustad.benchmark.leaderboard import (
     WORST,
     _canonical,
@@ -33,7 +34,8 @@ from robustad.errors import UserError
 COLUMNS = [
     "method", "method_label", "method_params", "dataset", "dataset_label", "dataset_params",
     "normal_class", "seed", "attack", "attack_label", "attack_params", "norm", "eps", "mode",
-    "clean_auroc", "clean_aupr", "clean_fpr95", "adv_auroc", "adv_aupr", "adv_fpr95",
+    "clean_auroc", "clean_auroc_lo", "clean_auroc_hi", "clean_aupr", "clean_fpr95",
+    "adv_auroc", "adv_auroc_lo", "adv_auroc_hi", "adv_aupr", "adv_fpr95",
     "adv_auroc_normal_only", "adv_auroc_anomaly_only", "certified_auroc", "n_attacks", "flags",
     "superseded", "fit_id", "eval_id", "fit_duration_s", "eval_duration_s",
 ]  # fmt: skip
@@ -51,7 +53,9 @@ def _num(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def results_frame(store: Store, mode: str = "both") -> pd.DataFrame:
+def results_frame(
+    store: Store, mode: str = "both", n_boot: int = N_BOOT, ci_seed: int = SEED
+) -> pd.DataFrame:
     """The frame of :func:`load_results` from an open :class:`Store`."""
     all_fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
     old = superseded_fits(all_fits.values())
@@ -76,8 +80,24 @@ def results_frame(store: Store, mode: str = "both") -> pd.DataFrame:
             "fit_duration_s": _num(fit.get("duration")),
         }  # fmt: skip
 
-    def attacked_metrics(labels, clean, attacked) -> dict[str, float]:
+    def interval(scores, labels, fit_id: str) -> tuple[float, float]:
+        """The bootstrap interval (robustad.benchmark.bootstrap) of one run's AUROC."""
+        if not n_boot:
+            return math.nan, math.nan
+        fit = all_fits[fit_id]
+        return auroc_ci(scores, labels, n_boot, run_seed(fit["normal_class"], fit["seed"], ci_seed))
+
+    clean_ci: dict[str, tuple[float, float]] = {}  # fit_id → interval of its clean AUROC
+
+    def clean_interval(fit_id: str, labels, clean) -> dict[str, float]:
+        if fit_id not in clean_ci:
+            clean_ci[fit_id] = interval(clean, labels, fit_id)
+        return dict(zip(("clean_auroc_lo", "clean_auroc_hi"), clean_ci[fit_id]))
+
+    def attacked_metrics(labels, clean, attacked, fit_id: str) -> dict[str, float]:
         out = score_metrics(attacked, labels, "adv_")
+        out["adv_auroc_lo"], out["adv_auroc_hi"] = interval(attacked, labels, fit_id)
+        out.update(clean_interval(fit_id, labels, clean))
         out["adv_auroc_normal_only"] = auroc(one_sided_scores(clean, attacked, labels, "normal"), labels)
         out["adv_auroc_anomaly_only"] = auroc(one_sided_scores(clean, attacked, labels, "anomaly"), labels)
         return out
@@ -94,7 +114,7 @@ def results_frame(store: Store, mode: str = "both") -> pd.DataFrame:
         records.append({
             **base(r["fit_id"]), "attack": r["attack"], "attack_label": i.attack[r["job_id"]],
             "attack_params": _json(_params(r)), "norm": r["norm"], "eps": float(r["eps"]),
-            **attacked_metrics(labels, clean, attacked),
+            **attacked_metrics(labels, clean, attacked, r["fit_id"]),
             # a bound on both-sided attacks only, as on the leaderboard
             "certified_auroc": _num(cert) if mode == "both" else math.nan,
             "n_attacks": 1, "flags": ";".join(sorted((r.get("info") or {}).get("flags") or [])),
@@ -119,7 +139,7 @@ def results_frame(store: Store, mode: str = "both") -> pd.DataFrame:
         records.append({
             **base(fit_id), "attack": WORST, "attack_label": WORST,
             "attack_params": _json(sorted([[r["attack"], _params(r)] for r, *_ in runs], key=_json)),
-            "norm": norm, "eps": float(runs[0][0]["eps"]), **attacked_metrics(labels, clean, worst),
+            "norm": norm, "eps": float(runs[0][0]["eps"]), **attacked_metrics(labels, clean, worst, fit_id),
             "certified_auroc": math.nan, "n_attacks": len(runs), "flags": ";".join(flags),
             "eval_id": None, "eval_duration_s": math.nan,
         })  # fmt: skip
@@ -132,7 +152,9 @@ def results_frame(store: Store, mode: str = "both") -> pd.DataFrame:
     return df[COLUMNS]
 
 
-def load_results(out: str | Path, mode: str = "both") -> pd.DataFrame:
+def load_results(
+    out: str | Path, mode: str = "both", n_boot: int = N_BOOT, ci_seed: int = SEED
+) -> pd.DataFrame:
     """The results in ``<out>/bench.sqlite`` as a pandas frame.
 
     One row per finished eval job (an attack on one fitted model at one threat) and one
@@ -142,6 +164,11 @@ def load_results(out: str | Path, mode: str = "both") -> pd.DataFrame:
     leaderboard. Fits of an older ``fit_version`` are kept, with ``superseded`` True
     (the leaderboard leaves them out). Columns: :data:`COLUMNS`, see docs/STORE.md.
 
+    ``clean_auroc_lo/hi`` and ``adv_auroc_lo/hi`` are the 95% percentile bootstrap
+    interval of the run's AUROC over its test samples (``n_boot`` stratified resamples,
+    seeded by ``ci_seed``, the normal class and the seed; ``robustad.benchmark.bootstrap``);
+    ``n_boot=0`` leaves them NaN.
+
     ``out`` is the results folder (or the ``bench.sqlite`` file itself).
     """
     path = Path(out)
@@ -150,7 +177,7 @@ def load_results(out: str | Path, mode: str = "both") -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"no results store at {path}; run 'bench run --out {out}' first")
     with Store(path) as store:
-        return results_frame(store, mode)
+        return results_frame(store, mode, n_boot, ci_seed)
 
 
 def write_runs_csv(store: Store, out: str | Path, mode: str = "both") -> Path:

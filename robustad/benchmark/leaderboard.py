@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from robustad.benchmark.bootstrap import LEVEL, N_BOOT, SEED, bootstrap_aurocs, percentile_interval, run_seed
 from robustad.benchmark.metrics import auroc, one_sided_scores
 from robustad.benchmark.store import Store
 from robustad.errors import UnknownNameError
@@ -75,6 +76,12 @@ class Table:
     #: (row, dataset, column) → (runs averaged, runs behind the row's clean cell), for
     #: the incomplete cells only
     incomplete: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    #: (row, dataset, column) → (lo, hi): the bootstrap interval (%) of the cell's mean,
+    #: when the table was built with ``ci=True`` (not for certified cells)
+    ci: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
+    #: (dataset, column) → (column label without the threat, norm, ε) of every column but
+    #: ``clean`` (``("pgd (steps=10)", "Linf", 8/255)``, ``("worst case", "Linf", 8/255)``)
+    threats: dict[tuple[str, str], tuple[str, str, float]] = field(default_factory=dict)
 
     def flag_text(self, method: str, dataset: str, column: str) -> str:
         flags = self.flags.get((method, dataset, column))
@@ -199,8 +206,33 @@ def _mean_over_classes_then_seeds(per_run: dict[tuple[int, int], float]) -> tupl
     return float(np.mean(seed_means)), std
 
 
-def build_table(store: Store, mode: str = "both") -> Table:
-    """Compute the leaderboard from stored per-sample scores (``mode``: who is attacked)."""
+def _interval_of_mean(per_run: dict[tuple[int, int], np.ndarray], level: float) -> tuple[float, float]:
+    """per_run[(class, seed)] = bootstrap AUROCs (one per resample) → the percentile interval
+    of the cell's mean (over classes, then over seeds), taken resample by resample."""
+    by_seed: dict[int, list[np.ndarray]] = defaultdict(list)
+    for (_, seed), v in per_run.items():
+        by_seed[seed].append(v)
+    means = np.mean([np.mean(v, axis=0) for v in by_seed.values()], axis=0)
+    return percentile_interval(means, level)
+
+
+def build_table(
+    store: Store,
+    mode: str = "both",
+    ci: bool = False,
+    n_boot: int = N_BOOT,
+    ci_seed: int = SEED,
+    level: float = LEVEL,
+) -> Table:
+    """Compute the leaderboard from stored per-sample scores (``mode``: who is attacked).
+
+    With ``ci``, every cell but the certified ones gets the percentile bootstrap
+    interval of its mean (``Table.ci``): each run's test set is resampled ``n_boot``
+    times (stratified, seeded per run by ``robustad.benchmark.bootstrap.run_seed``), the
+    cell's mean over classes and seeds is taken resample by resample, and ``level`` of
+    those means lie in the interval. A cell of one run has its run's interval (the
+    frame's ``*_auroc_lo/hi`` × 100).
+    """
     all_fits = {r["job_id"]: r for r in store.jobs(kind="fit", status="done")}
     superseded = superseded_fits(all_fits.values())
     fits = {k: r for k, r in all_fits.items() if k not in superseded}
@@ -213,15 +245,21 @@ def build_table(store: Store, mode: str = "both") -> Table:
 
     # values[(row, dataset, column)][(class, seed)] = AUROC %; source: the job behind it
     values: dict[tuple[str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
+    # boots[(row, dataset, column)][(class, seed)] = bootstrap AUROCs % (with ci)
+    boots: dict[tuple[str, str, str], dict[tuple[int, int], np.ndarray]] = defaultdict(dict)
     source: dict[tuple[str, str, str, int, int], str] = {}
     collisions = 0
 
-    def put(key: tuple[str, str, str], fit: dict, value: float, job_id: str) -> None:
+    def put(key: tuple[str, str, str], fit: dict, value: float, job_id: str, scores=None) -> None:
+        """``scores``: (labels, scores) to bootstrap the run's AUROC from, with ``ci``."""
         nonlocal collisions
         run = (fit["normal_class"], fit["seed"])
         if source.setdefault((*key, *run), job_id) != job_id:
             collisions += 1  # same labels, class and seed, another job: not silently
         values[key][run] = value
+        if ci and scores is not None:
+            seed = run_seed(fit["normal_class"], fit["seed"], ci_seed)
+            boots[key][run] = 100 * bootstrap_aurocs(scores[1], scores[0], n_boot, seed)
 
     attack_columns: dict[str, list[str]] = defaultdict(list)
     column_keys: dict[tuple[str, str], tuple[str, str, float, str]] = {}  # → (attack, norm, eps, label)
@@ -229,7 +267,9 @@ def build_table(store: Store, mode: str = "both") -> Table:
     # (fit_id, norm, eps) → [(attack config, labels, attacked scores)] of each attack on that model
     same_model_and_threat: dict[tuple[str, str, float], list] = defaultdict(list)
     for fit_id, fit in fits.items():
-        put((ids.row[fit_id], ids.dataset[fit_id], "clean"), fit, 100 * fit["metrics"]["clean_auroc"], fit_id)
+        s = store.samples(fit_id) if ci else None
+        put((ids.row[fit_id], ids.dataset[fit_id], "clean"), fit, 100 * fit["metrics"]["clean_auroc"], fit_id,
+            None if s is None or s["labels"] is None else (s["labels"], s["clean"]))  # fmt: skip
     for r in evals:
         row, dataset = ids.row[r["fit_id"]], ids.dataset[r["fit_id"]]
         multi = len(threats_per_dataset[dataset]) > 1
@@ -243,7 +283,8 @@ def build_table(store: Store, mode: str = "both") -> Table:
         s = store.samples(r["job_id"])
         labels, clean, adv = s["labels"], s["clean"], s["adv"]
         attacked = one_sided_scores(clean, adv, labels, mode)
-        put((row, dataset, col), fits[r["fit_id"]], 100 * auroc(attacked, labels), r["job_id"])
+        put((row, dataset, col), fits[r["fit_id"]], 100 * auroc(attacked, labels), r["job_id"],
+            (labels, attacked))  # fmt: skip
         same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append(
             (ids.attack_key[r["job_id"]], labels, attacked)
         )
@@ -256,6 +297,7 @@ def build_table(store: Store, mode: str = "both") -> Table:
                 f"{CERTIFIED}:{r['fit_id']}:{r['norm']}:{round(r['eps'], 10)}")  # fmt: skip
             if ccol not in attack_columns[dataset]:
                 attack_columns[dataset].append(ccol)
+                column_keys[(dataset, ccol)] = (CERTIFIED, r["norm"], r["eps"], CERTIFIED)
     # attack configurations run on any model of a row, per dataset and threat: what a
     # complete worst case is over
     configs_run: dict[tuple[str, str, str, float], set] = defaultdict(set)
@@ -271,11 +313,13 @@ def build_table(store: Store, mode: str = "both") -> Table:
         col = f"{WORST} {norm} {format_eps(eps)}" if multi else WORST
         labels = runs[0][1]
         worst = per_sample_worst_case(labels, [a for _, _, a in runs])
-        put((row, dataset, col), fit, 100 * auroc(worst, labels), f"worst:{fit_id}:{norm}:{eps}")
+        put((row, dataset, col), fit, 100 * auroc(worst, labels), f"worst:{fit_id}:{norm}:{eps}",
+            (labels, worst))  # fmt: skip
         if {k for k, _, _ in runs} >= expected:
             worst_complete[(row, dataset, col)] += 1
         if col not in attack_columns[dataset]:
             attack_columns[dataset].append(col)
+            column_keys[(dataset, col)] = (WORST, norm, float(eps), WORST)
 
     datasets = sorted(set(ids.dataset.values()))
     methods = sorted(set(ids.row.values()), key=lambda m: (ids.row_config[m][0], m))
@@ -284,10 +328,14 @@ def build_table(store: Store, mode: str = "both") -> Table:
         columns.append((d, "clean"))
         cols = sorted(attack_columns[d], key=lambda c: _column_order(c, column_keys.get((d, c))))
         columns += [(d, c) for c in cols]
+    threats = {k: (label, norm, float(eps)) for k, (_, norm, eps, label) in column_keys.items()}
     table = Table(methods=methods, columns=columns, mode=mode, flags=flags,
-                  rows={m: ids.row_config[m] for m in methods})  # fmt: skip
+                  rows={m: ids.row_config[m] for m in methods}, threats=threats)  # fmt: skip
     for key, per_run in values.items():
         table.cells[key] = _mean_over_classes_then_seeds(per_run)
+    for key, per_run in boots.items():
+        if len(per_run) == len(values[key]):  # every run behind the cell has its resamples
+            table.ci[key] = _interval_of_mean(per_run, level)
     # incomplete cells: an attack cell with fewer runs than the clean cell of the same
     # row and dataset; a clean cell with fewer than all rows of its dataset together
     dataset_runs: dict[str, set] = defaultdict(set)
@@ -311,6 +359,11 @@ def build_table(store: Store, mode: str = "both") -> Table:
         f"AUROC in %, attack mode '{mode}'; a constant detector scores "
         f"{CONSTANT_DETECTOR_AUROC:.1f} under any attack."
     )
+    if table.ci:
+        table.notes.append(
+            f"[lo, hi] = the {100 * level:g}% percentile bootstrap interval of the mean over the test "
+            f"samples ({n_boot} stratified resamples of every run); ± = the standard deviation over seeds."
+        )
     # a pretrained method run on random weights is not the published method: every cell says so
     random_rows = {(ids.row[k], ids.dataset[k]) for k, f in fits.items()
                    if (f.get("info") or {}).get("pretrained") is False}  # fmt: skip
@@ -417,13 +470,16 @@ INCOMPLETE_NOTE = (
 
 
 def _column_order(label: str, key: tuple[str, str, float, str] | None) -> tuple:
-    """Attack columns by ATTACK_ORDER (unknown attacks after, by name), then norm and ε,
-    then configuration; worst-case columns last."""
-    if label.startswith(WORST) or key is None:
-        return (1, 0, label, "", 0.0, "")
+    """Attack columns by ATTACK_ORDER (unknown attacks after, by name), then norm and ε
+    (numerically: 2/255 before 16/255), then configuration; then the certified columns
+    and last the worst-case columns, each by norm and ε."""
+    if key is None:
+        return (3, 0, label, "", 0.0, "")
     attack, norm, eps, config_label = key
+    if attack in (CERTIFIED, WORST):
+        return (1 if attack == CERTIFIED else 2, 0, attack, norm, float(eps), "")
     rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
-    return (0, rank, attack, norm, eps, config_label)
+    return (0, rank, attack, norm, float(eps), config_label)
 
 
 def _fmt(cell: tuple[float, float | None] | None) -> str:
@@ -433,27 +489,38 @@ def _fmt(cell: tuple[float, float | None] | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
-def to_csv(table: Table) -> str:
+def _fmt_ci(interval: tuple[float, float] | None) -> str:
+    return "" if interval is None else f"[{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def to_csv(table: Table, ci: bool = True) -> str:
+    """The table as CSV: per column the mean, ``:std`` (over seeds) and ``:lo``/``:hi`` (the
+    bootstrap interval, empty when the table was built without ``ci``), then the flags.
+    ``ci`` is accepted for a uniform signature; the interval columns are always there."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["method"]
     for d, c in table.columns:
-        header += [f"{d}:{c}", f"{d}:{c}:std"]
+        header += [f"{d}:{c}", f"{d}:{c}:std", f"{d}:{c}:lo", f"{d}:{c}:hi"]
     header.append("flags")
     w.writerow(header)
     for m in table.methods:
         row: list[str] = [m]
         for d, c in table.columns:
             cell = table.cells.get((m, d, c))
+            interval = table.ci.get((m, d, c))
             row += ["" if cell is None else f"{cell[0]:.2f}",
-                    "" if cell is None or cell[1] is None else f"{cell[1]:.2f}"]  # fmt: skip
+                    "" if cell is None or cell[1] is None else f"{cell[1]:.2f}",
+                    "" if interval is None else f"{interval[0]:.2f}",
+                    "" if interval is None else f"{interval[1]:.2f}"]  # fmt: skip
         row.append("; ".join(f"{d}:{c}={'|'.join(sorted(table.flags[(m, d, c)]))}"
                              for d, c in table.columns if table.flags.get((m, d, c))))  # fmt: skip
         w.writerow(row)
     return buf.getvalue()
 
 
-def to_markdown(table: Table) -> str:
+def to_markdown(table: Table, ci: bool = False) -> str:
+    """The table in Markdown; with ``ci``, each cell's bootstrap interval after its value."""
     header = "| method | " + " | ".join(f"{d} {c}" for d, c in table.columns) + " |"
     sep = "|---|" + "---:|" * len(table.columns)
     lines = [header, sep]
@@ -463,10 +530,12 @@ def to_markdown(table: Table) -> str:
             text = _fmt(table.cells.get((m, d, c)))
             if table.cells.get((m, d, c)) and table.cells[(m, d, c)][0] == table.best(d, c):
                 text = f"**{text}**"
+            if ci and (m, d, c) in table.ci:
+                text += " " + _fmt_ci(table.ci[(m, d, c)])
             cells.append(text + table.flag_text(m, d, c))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"- {n}" for n in table.notes]
+    lines += [f"- {n}" for n in table.notes if ci or not n.startswith("[lo, hi]")]
     return "\n".join(lines) + "\n"
 
 
@@ -474,34 +543,97 @@ def _tex_escape(s: str) -> str:
     return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("ε", r"$\epsilon$")
 
 
-def to_latex(table: Table) -> str:
+def _tex_cell(table: Table, m: str, d: str, c: str, ci: bool) -> str:
+    cell = table.cells.get((m, d, c))
+    text = _fmt(cell).replace("±", r"$\pm$").replace("–", "--")
+    if cell is not None and cell[0] == table.best(d, c):
+        text = rf"\textbf{{{text}}}"
+    if ci and (m, d, c) in table.ci:
+        text += rf"\,{{\scriptsize {_fmt_ci(table.ci[(m, d, c)])}}}"
+    flag = table.flag_text(m, d, c)
+    return text + (rf"\,{{\scriptsize{flag}}}" if flag else "")
+
+
+def _dataset_threats(table: Table, dataset: str) -> list[tuple[str, float]]:
+    """The (norm, ε) threats of a dataset's columns, by norm then ε."""
+    return sorted({(n, round(e, 10)) for (d, _), (_, n, e) in table.threats.items() if d == dataset})
+
+
+def to_latex(table: Table, ci: bool = False) -> str:
+    """booktabs tabulars. Datasets attacked at one threat share one tabular, a column
+    group each; a dataset attacked at several (an ε sweep) gets a tabular of its own
+    with the threat as a row level (one row per method and ε; columns: clean, then one
+    per attack configuration, worst case and certified), so a sweep stays a few columns
+    wide. With ``ci``, each cell's bootstrap interval follows its value."""
     datasets = list(dict.fromkeys(d for d, _ in table.columns))
-    spec = "l" + "r" * len(table.columns)
+    sweeps = [d for d in datasets if len(_dataset_threats(table, d)) > 1]
+    parts = []
+    if len(sweeps) < len(datasets):
+        parts.append(_latex_by_column(table, [d for d in datasets if d not in sweeps], ci))
+    parts += [_latex_by_threat(table, d, ci) for d in sweeps]
+    return "\n".join(parts)
+
+
+def _latex_by_column(table: Table, datasets: list[str], ci: bool) -> str:
+    columns = [(d, c) for d, c in table.columns if d in datasets]
+    spec = "l" + "r" * len(columns)
     lines = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
     groups, rules, start = [], [], 2
     for d in datasets:
-        n = sum(1 for dd, _ in table.columns if dd == d)
+        n = sum(1 for dd, _ in columns if dd == d)
         groups.append(rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(d)}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
         start += n
     lines.append(" & " + " & ".join(groups) + r" \\")
     lines.append(" ".join(rules))
-    lines.append("method & " + " & ".join(_tex_escape(c) for _, c in table.columns) + r" \\")
+    lines.append("method & " + " & ".join(_tex_escape(c) for _, c in columns) + r" \\")
     lines.append(r"\midrule")
     for m in table.methods:
-        cells = []
-        for d, c in table.columns:
-            cell = table.cells.get((m, d, c))
-            text = _fmt(cell).replace("±", r"$\pm$").replace("–", "--")
-            if cell is not None and cell[0] == table.best(d, c):
-                text = rf"\textbf{{{text}}}"
-            flag = table.flag_text(m, d, c)
-            cells.append(text + (rf"\,{{\scriptsize{flag}}}" if flag else ""))
+        cells = [_tex_cell(table, m, d, c, ci) for d, c in columns]
         lines.append(_tex_escape(m) + " & " + " & ".join(cells) + r" \\")
     lines.append(r"\midrule")
     lines.append(
-        "constant detector & " + " & ".join(f"{CONSTANT_DETECTOR_AUROC:.1f}" for _ in table.columns) + r" \\"
+        "constant detector & " + " & ".join(f"{CONSTANT_DETECTOR_AUROC:.1f}" for _ in columns) + r" \\"
     )
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_by_threat(table: Table, dataset: str, ci: bool) -> str:
+    threats = _dataset_threats(table, dataset)
+    norms = {n for n, _ in threats}
+    by_key: dict[tuple[str, str, float], str] = {}  # (column label w/o threat, norm, ε) → column
+    for (d, c), (base, n, e) in table.threats.items():
+        if d == dataset:
+            by_key[(base, n, round(e, 10))] = c
+    order = [c for d, c in table.columns if d == dataset and c != "clean"]
+    bases = list(dict.fromkeys(table.threats[(dataset, c)][0] for c in order))
+    n_cols = 2 + 1 + len(bases)
+    lines = [r"\begin{tabular}{ll" + "r" * (1 + len(bases)) + "}", r"\toprule"]
+    lines.append(rf" & & \multicolumn{{{1 + len(bases)}}}{{c}}{{{_tex_escape(dataset)}}} \\")
+    lines.append(rf"\cmidrule(lr){{3-{n_cols}}}")
+    eps_head = rf"$\epsilon$ ({next(iter(norms))})" if len(norms) == 1 else "threat"
+    lines.append(f"method & {eps_head} & clean & " + " & ".join(_tex_escape(b) for b in bases) + r" \\")
+    lines.append(r"\midrule")
+
+    def threat_label(norm: str, eps: float) -> str:
+        return format_eps(eps) if len(norms) == 1 else f"{norm} {format_eps(eps)}"
+
+    for i, m in enumerate(table.methods):
+        if not any(table.cells.get((m, dataset, c)) for c in ["clean", *order]):
+            continue
+        rows = [th for th in threats if any((m, dataset, by_key.get((b, *th))) in table.cells for b in bases)]
+        if i and lines[-1] != r"\midrule":
+            lines.append(r"\addlinespace")
+        for j, threat in enumerate(rows or [None]):  # None: a method with a clean cell only
+            head = [_tex_escape(m), _tex_cell(table, m, dataset, "clean", ci)] if j == 0 else ["", ""]
+            cols = [None if threat is None else by_key.get((b, *threat)) for b in bases]
+            cells = [_tex_cell(table, m, dataset, c, ci) if c else "--" for c in cols]
+            label = "--" if threat is None else threat_label(*threat)
+            lines.append(f"{head[0]} & {label} & {head[1]} & " + " & ".join(cells) + r" \\")
+    lines.append(r"\midrule")
+    const = f"{CONSTANT_DETECTOR_AUROC:.1f}"
+    lines.append("constant detector & any & " + " & ".join(const for _ in range(1 + len(bases))) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -511,13 +643,14 @@ EXTENSIONS = {"csv": "csv", "md": "md", "latex": "tex"}
 
 
 def write_leaderboards(
-    store: Store, out: str | Path, formats=("csv", "md", "latex"), mode: str = "both"
+    store: Store, out: str | Path, formats=("csv", "md", "latex"), mode: str = "both", ci: bool = False
 ) -> dict[str, Path]:
-    """Write ``leaderboard.<ext>`` for each format into ``out``; returns the paths."""
-    table = build_table(store, mode)
+    """Write ``leaderboard.<ext>`` for each format into ``out``; returns the paths. The
+    CSV always carries the bootstrap intervals; Markdown and LaTeX show them with ``ci``."""
+    table = build_table(store, mode, ci="csv" in formats or ci)
     paths = {}
     for fmt in formats:
         path = Path(out) / f"leaderboard.{EXTENSIONS[fmt]}"
-        path.write_text(FORMATS[fmt](table))
+        path.write_text(FORMATS[fmt](table, ci=ci))
         paths[fmt] = path
     return paths
