@@ -280,6 +280,51 @@ MUTANTS: tuple[Mutant, ...] = (
         "DRÆM's texture is blended into the whole image, not only inside the Perlin mask: the "
         "segmentation target no longer says where the image changed",
     ),
+    Mutant(
+        "knn-no-chunk-merge",
+        (("robustad/methods/knn.py", "        best_d, best_i = d, i\n",
+          "        best_d, best_i = (d, i) if best_d is None else (best_d, best_i)  # mutant: first chunk only\n"),),  # fmt: skip
+        ("tests/test_knn.py::test_knn_distances_equal_scikit_learn",),
+        "k-NN over a bank processed in chunks keeps only the first chunk's neighbours",
+    ),
+    Mutant(
+        "knn-sqrt-without-floor",
+        (("robustad/methods/knn.py", "        best_d = best_d.clamp_min(SQRT_FLOOR).sqrt()\n",
+          "        best_d = best_d.sqrt()  # mutant\n"),),  # fmt: skip
+        ("tests/test_knn.py::test_knn_gradient_is_finite_at_zero_distance_and_matches_finite_differences",),
+        "the square root at zero distance (a query equal to a bank entry) gives an infinite gradient",
+    ),
+    Mutant(
+        "coreset-argmin",
+        (("robustad/methods/knn.py", "        i = int(torch.argmax(dist))\n", "        i = int(torch.argmin(dist))  # mutant\n"),),
+        ("tests/test_knn.py::test_approximate_greedy_coreset_equals_brute_force",),
+        "the greedy coreset takes the nearest point instead of the farthest",
+    ),
+    Mutant(
+        "weights-no-hash-check",
+        (("robustad/methods/weights.py", "    if m and not sha.startswith(m.group(1)):\n",
+          "    if False:  # mutant\n"),),  # fmt: skip
+        ("tests/test_weights.py::test_a_wrong_hash_prefix_is_refused",),
+        "a weights file whose SHA-256 does not match its torchvision name is loaded",
+    ),
+    Mutant(
+        "weights-not-in-fit-identity",
+        (("robustad/benchmark/runner.py", '            **({"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}),\n', ""),),
+        ("tests/test_weights.py::test_the_weights_hash_is_part_of_the_fit_identity",),
+        "a model fitted on other pretrained weights would be reused as this one",
+    ),
+    Mutant(
+        "random-weights-not-flagged",
+        (("robustad/benchmark/leaderboard.py", "                flags.setdefault((row, d, c), set()).add(RANDOM_WEIGHTS)\n", "                pass  # mutant\n"),),
+        ("tests/test_weights.py::test_random_weights_are_recorded_and_flagged_in_every_cell",),
+        "a pretrained method run on random weights shows unflagged numbers",
+    ),
+    Mutant(
+        "map-attack-wrong-sign",
+        (("robustad/attacks/map_attack.py", "    return 1.0 - 2.0 * defect\n", "    return 2.0 * defect - 1.0  # mutant\n"),),
+        ("tests/test_pixel_level.py::test_map_attack_reaches_the_closed_form_optimum",),
+        "the map attack helps localisation instead of attacking it",
+    ),
 )
 
 CANARY = Mutant(

@@ -32,8 +32,12 @@ def test_knn_distances_equal_scikit_learn(points, chunk, squared):
 
 def test_knn_gradient_is_finite_at_zero_distance_and_matches_finite_differences(points):
     q, bank = points
-    q = torch.cat([bank[:1], q[:3]]).requires_grad_(True)  # the first query *is* a bank row
+    # the first query *is* a bank row, with integer values so that ‖a‖² + ‖b‖² − 2a·b is exactly 0
+    bank = bank.clone()
+    bank[0] = torch.tensor([1.0, -2.0, 0.0, 3.0, 1.0, 2.0], dtype=bank.dtype)
+    q = torch.cat([bank[:1], q[:3]]).requires_grad_(True)
     d, _ = knn.knn_distances(q, bank, k=2)
+    assert d[0, 0].item() == pytest.approx(1e-6)  # the floor: √1e-12
     (g,) = torch.autograd.grad(d.sum(), q)
     assert torch.isfinite(g).all()
     assert torch.autograd.gradcheck(lambda z: knn.knn_distances(z, bank, k=2)[0], (q[1:].detach().requires_grad_(True),))
