@@ -17,7 +17,9 @@ from robustad.methods.patchcore import anomalib_embedding, gaussian_blur, paper_
 @pytest.fixture
 def points():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(300, 6, generator=g, dtype=torch.float64)
+    return torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(
+        300, 6, generator=g, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 10_000])
@@ -40,7 +42,9 @@ def test_knn_gradient_is_finite_at_zero_distance_and_matches_finite_differences(
     assert d[0, 0].item() == pytest.approx(1e-6)  # the floor: √1e-12
     (g,) = torch.autograd.grad(d.sum(), q)
     assert torch.isfinite(g).all()
-    assert torch.autograd.gradcheck(lambda z: knn.knn_distances(z, bank, k=2)[0], (q[1:].detach().requires_grad_(True),))
+    assert torch.autograd.gradcheck(
+        lambda z: knn.knn_distances(z, bank, k=2)[0], (q[1:].detach().requires_grad_(True),)
+    )
 
 
 def test_faiss_search_equals_the_exact_search(points):
@@ -83,7 +87,9 @@ def _brute_greedy(z: np.ndarray, first: np.ndarray, n_select: int, selected: lis
 
 def test_approximate_greedy_coreset_equals_brute_force(points):
     _, bank = points
-    got = knn.approximate_greedy_coreset(bank, 25, torch.Generator().manual_seed(3), proj_dim=128, n_starts=10)
+    got = knn.approximate_greedy_coreset(
+        bank, 25, torch.Generator().manual_seed(3), proj_dim=128, n_starts=10
+    )
     # the same draws: no projection (proj_dim ≥ dim), then the 10 starting points
     starts = torch.randperm(len(bank), generator=torch.Generator().manual_seed(3))[:10].numpy()
     z = bank.numpy()

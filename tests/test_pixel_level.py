@@ -74,7 +74,8 @@ def test_pixel_auroc_is_stored_per_eval_job_and_matches_the_stored_maps(tmp_path
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "method_params:\n"
-        "  patchcore: {backbone: resnet18, weights: null, input_size: 32, resize_to: null, embed_dim: 32, map_sigma: 1}\n"
+        "  patchcore: {backbone: resnet18, weights: null, input_size: 32, resize_to: null,\n"
+        "              embed_dim: 32, map_sigma: 1}\n"
         "attack_params:\n  pgd: {steps: 2}\n  pgd-map: {steps: 2}\n"
         "dataset_params:\n  mvtec: {image_size: 32}\n"
     )
@@ -86,7 +87,9 @@ def test_pixel_auroc_is_stored_per_eval_job_and_matches_the_stored_maps(tmp_path
         fit = store.jobs(kind="fit", status="done")[0]
         fit_maps = store.maps(fit["job_id"])
         assert fit_maps["clean"].shape == (6, 32, 32) and fit_maps["adv"] is None
-        assert fit["metrics"]["clean_pixel_auroc"] == pytest.approx(pixel_auroc(fit_maps["clean"], fit_maps["masks"]))
+        assert fit["metrics"]["clean_pixel_auroc"] == pytest.approx(
+            pixel_auroc(fit_maps["clean"], fit_maps["masks"])
+        )
         evals = {r["attack"]: r for r in store.jobs(kind="eval", status="done")}
         assert set(evals) == {"pgd", "pgd-map"}
         for r in evals.values():

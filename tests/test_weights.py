@@ -129,8 +129,10 @@ def test_missing_weights_stop_the_run_before_training(torch_home, tmp_path, meth
 
 def test_random_weights_are_recorded_and_flagged_in_every_cell(tmp_path, torch_home):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("method_params:\n  zarnd: {backbone: resnet18, weights: null, input_size: 16, max_train: 32}\n"
-                   "  deepsvdd: {epochs: 1, width: 4}\n")  # fmt: skip
+    cfg.write_text(
+        "method_params:\n  zarnd: {backbone: resnet18, weights: null, input_size: 16, max_train: 32}\n"
+        "  deepsvdd: {epochs: 1, width: 4}\n"
+    )
     out = tmp_path / "out"
     assert main(["run", "--methods", "zarnd,deepsvdd", "--classes", "0", "--attacks", "fgsm", "--config",
                  str(cfg), "--out", str(out), "--quiet"]) == 0  # fmt: skip

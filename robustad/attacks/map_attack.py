@@ -39,7 +39,9 @@ def pixel_weights(y: Tensor, masks: Tensor | None, shape: tuple[int, ...]) -> Te
     return 1.0 - 2.0 * defect
 
 
-@register_attack("pgd-map", white_box=True, description="PGD on the anomaly map: raise normal pixels, lower defect pixels")
+@register_attack(
+    "pgd-map", white_box=True, description="PGD on the anomaly map: raise normal pixels, lower defect pixels"
+)
 class MapPGD(Attack):
     #: the runner passes the test masks to this attack
     needs_masks = True
@@ -52,9 +54,13 @@ class MapPGD(Attack):
             raise ValueError("pgd-map needs steps >= 1 and restarts >= 1")
         self.steps, self.restarts, self.alpha = steps, restarts, alpha
 
-    def perturb(self, detector, x: Tensor, y: Tensor, threat: ThreatModel, masks: Tensor | None = None) -> Tensor:
+    def perturb(
+        self, detector, x: Tensor, y: Tensor, threat: ThreatModel, masks: Tensor | None = None
+    ) -> Tensor:
         if not callable(getattr(detector, "anomaly_map", None)) or detector.anomaly_map(x[:1]) is None:
-            raise UserError(f"pgd-map needs a detector with an anomaly map; {type(detector).__name__} has none")
+            raise UserError(
+                f"pgd-map needs a detector with an anomaly map; {type(detector).__name__} has none"
+            )
         was_training = detector.training
         detector.eval()
         try:

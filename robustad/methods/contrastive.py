@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from robustad.errors import UserError
 from robustad.methods.base import Detector, RunContext
 from robustad.methods.encoders import resnet_for
+from robustad.methods.knn import soft_max
 from robustad.methods.pseudo_anomalies import PseudoAnomalies, colour_jitter, grey
 from robustad.methods.training_attacks import pgd_on_loss
 
@@ -399,7 +400,7 @@ class ShiftedContrastiveDetector(Detector):
         z, h = self.group_embeddings(x)
         norm = z.norm(dim=2)
         cos = torch.einsum("nkd,mkd->nkm", F.normalize(z, dim=2), self.bank)
-        sim = norm * temperature * torch.logsumexp(cos / temperature, dim=2)
+        sim = norm * soft_max(cos, temperature, dim=2)
         return -(sim * self.weight_sim + h * self.weight_group).mean(1)
 
     @torch.no_grad()

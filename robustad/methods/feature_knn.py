@@ -39,7 +39,7 @@ class GlobalFeatureKNN(wts.PretrainedBackbone, Detector):
     def build(self, input_shape: tuple[int, int, int]) -> None:
         super().build(input_shape)
         self.preprocess = ImageNetInput(self.input_size, self.resize_to, self.resize_mode)
-        self.extractor = ResNetLayers(wts.build_backbone(self.backbone, wts.ResolvedWeights(None, None, "none")),
+        self.extractor = ResNetLayers(wts.build_backbone(self.backbone, wts.RANDOM_INIT),
                                       ("pool",))  # fmt: skip
         self.register_buffer("bank", torch.zeros(0, 1))
         self.register_buffer("surrogate_tau", torch.ones(()))
@@ -151,7 +151,9 @@ def nt_xent(u1: Tensor, u2: Tensor, temperature: float) -> Tensor:
     return -logp[torch.arange(2 * b, device=z.device), pos].mean()
 
 
-def random_blur(x: Tensor, generator: torch.Generator, p: float = 0.5, sigma=(0.1, 2.0), ref: int = 224) -> Tensor:
+def random_blur(
+    x: Tensor, generator: torch.Generator, p: float = 0.5, sigma=(0.1, 2.0), ref: int = 224
+) -> Tensor:
     """MoCo-v2's Gaussian blur (p 0.5, σ ∈ [0.1, 2] at 224 px, scaled to the image size)."""
     from robustad.methods.patchcore import gaussian_blur
 
@@ -229,7 +231,9 @@ class MSAD(GlobalFeatureKNN):
                 params.append(p)
         self.eval()  # the release fine-tunes in eval mode: BatchNorm statistics stay frozen
         with torch.no_grad():
-            centre = torch.cat([self.raw_features(x[i : i + 256].to(ctx.device)) for i in range(0, len(x), 256)])
+            centre = torch.cat(
+                [self.raw_features(x[i : i + 256].to(ctx.device)) for i in range(0, len(x), 256)]
+            )
             centre = F.normalize(centre, dim=1).mean(0)
         opt = torch.optim.SGD(params, lr=self.lr, weight_decay=self.weight_decay)
         bs = min(self.batch_size, len(x))

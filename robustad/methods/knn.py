@@ -121,7 +121,9 @@ def soft_knn_distance(
 
 
 # -- coresets -------------------------------------------------------------------------
-def _farthest_point_loop(features: Tensor, first_distances: Tensor, n_select: int, start: list[int]) -> Tensor:
+def _farthest_point_loop(
+    features: Tensor, first_distances: Tensor, n_select: int, start: list[int]
+) -> Tensor:
     """Greedy k-center: repeatedly take the point farthest from the selection so far."""
     selected = list(start)
     dist = first_distances.clone()

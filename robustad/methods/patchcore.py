@@ -180,7 +180,7 @@ class PatchCore(wts.PretrainedBackbone, Detector):
     def build(self, input_shape: tuple[int, int, int]) -> None:
         super().build(input_shape)
         self.preprocess = ImageNetInput(self.input_size, self.resize_to, "bilinear")
-        self.extractor = ResNetLayers(wts.build_backbone(self.backbone, wts.ResolvedWeights(None, None, "none")),
+        self.extractor = ResNetLayers(wts.build_backbone(self.backbone, wts.RANDOM_INIT),
                                       self.layers)  # fmt: skip
         dim = self.feature_dim()
         self.register_buffer("bank", torch.zeros(0, dim))
@@ -246,7 +246,9 @@ class PatchCore(wts.PretrainedBackbone, Detector):
             _, nbrs = knn.knn_distances(self.bank, self.bank, k=b)
             # m* first, even when the bank holds exact duplicates of it
             own = torch.arange(len(self.bank), device=nbrs.device)[:, None]
-            rest = torch.stack([r[r != i][: b - 1] for i, r in zip(own[:, 0], nbrs)]) if b > 1 else nbrs[:, :0]
+            rest = (
+                torch.stack([r[r != i][: b - 1] for i, r in zip(own[:, 0], nbrs)]) if b > 1 else nbrs[:, :0]
+            )
             self.bank_neighbors = torch.cat([own, rest], 1)
             sample = self.bank[torch.randperm(len(self.bank), generator=gen)[:2000].to(self.bank.device)]
             d, _ = knn.knn_distances(sample, self.bank, k=min(2, len(self.bank)), squared=self.squared)
@@ -287,8 +289,12 @@ class PatchCore(wts.PretrainedBackbone, Detector):
         maps = d.view(len(x), 1, h, w)
         size = self.input_size or x.shape[-1]
         mode = "bilinear" if self.variant == "paper" else "nearest"
-        maps = F.interpolate(maps, size=(size, size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
-        maps = gaussian_blur(maps[:, 0], self.map_sigma, "symmetric" if self.variant == "paper" else "reflect")
+        maps = F.interpolate(
+            maps, size=(size, size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {})
+        )
+        maps = gaussian_blur(
+            maps[:, 0], self.map_sigma, "symmetric" if self.variant == "paper" else "reflect"
+        )
         # back to native pixels: the crop covers the centre fraction of the resized image
         frac = self.preprocess.crop_fraction()
         H, W = x.shape[-2:]

@@ -101,7 +101,7 @@ def check_hash_prefix(path: Path) -> str:
     if m and not sha.startswith(m.group(1)):
         raise UserError(
             f"the weights file {path} is corrupt or not the published one: its name says "
-            f"SHA-256 {m.group(1)}…, the file's is {sha[:len(m.group(1))]}…; delete it and get it again"
+            f"SHA-256 {m.group(1)}…, the file's is {sha[: len(m.group(1))]}…; delete it and get it again"
         )
     return sha
 
@@ -122,10 +122,16 @@ class ResolvedWeights:
     def info(self) -> dict[str, object]:
         return {
             "pretrained": self.pretrained,
-            "weights": str(self.path) if self.path else "random init (NOT comparable to the published method)",
+            "weights": str(self.path)
+            if self.path
+            else "random init (NOT comparable to the published method)",
             "weights_source": self.source,
             "weights_sha256": self.sha256,
         }
+
+
+#: what ``weights=None`` resolves to: random initialisation (also the skeleton a checkpoint loads into)
+RANDOM_INIT = ResolvedWeights(None, None, "none")
 
 
 def find_imagenet(arch: str) -> tuple[Path | None, list[Path]]:
@@ -141,7 +147,7 @@ def find_imagenet(arch: str) -> tuple[Path | None, list[Path]]:
 def resolve(arch: str, weights: str | os.PathLike | None) -> ResolvedWeights:
     """Resolve a ``weights`` parameter; UserError (exit 2) when the file is missing or wrong."""
     if weights is None:
-        return ResolvedWeights(None, None, "none")
+        return RANDOM_INIT
     if str(weights) == "imagenet":
         path, dirs = find_imagenet(arch)
         if path is None and _DOWNLOAD_ALLOWED:
@@ -155,7 +161,11 @@ def resolve(arch: str, weights: str | os.PathLike | None) -> ResolvedWeights:
                 f"ROBUSTAD_WEIGHTS to its folder), pass --download, or set weights: null for a "
                 f"random-weights run that is not the published method"
             )
-        source = "ROBUSTAD_WEIGHTS" if os.environ.get("ROBUSTAD_WEIGHTS") and path.parent == dirs[0] else "TORCH_HOME"
+        source = (
+            "ROBUSTAD_WEIGHTS"
+            if os.environ.get("ROBUSTAD_WEIGHTS") and path.parent == dirs[0]
+            else "TORCH_HOME"
+        )
         return ResolvedWeights(path, check_hash_prefix(path), source)
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -185,7 +195,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     for prefix in ("module.model.", "module.", "model."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -206,7 +216,8 @@ def build_backbone(arch: str, resolved: ResolvedWeights) -> nn.Module:
         if missing or unexpected:
             raise UserError(
                 f"the weights file {resolved.path} does not fit torchvision's {arch}: "
-                f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+                f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
     model.eval()
     for p in model.parameters():
