@@ -134,3 +134,18 @@ def test_msad_fine_tunes_in_eval_mode_and_moves_the_weights(data):
     assert not any(p.requires_grad for p in det.parameters())  # frozen again for the attacks
     assert det.frozen_prefixes() == ()
     assert MSAD(backbone="resnet152").frozen_prefixes() == ("stem", "blocks.0", "blocks.1")
+
+
+def test_patchcore_with_faiss_scores_and_differentiates_like_torch(full_bank, data):
+    pytest.importorskip("faiss")
+    x = data.test_x[:4].clone().requires_grad_(True)
+    exact = full_bank.score(x)
+    (g,) = torch.autograd.grad(exact.sum(), x)
+    full_bank.knn_backend = "faiss"
+    try:
+        fast = full_bank.score(x)
+        (g_fast,) = torch.autograd.grad(fast.sum(), x)
+    finally:
+        full_bank.knn_backend = "torch"
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_fast, g, rtol=1e-4, atol=1e-5)

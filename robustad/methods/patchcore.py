@@ -155,6 +155,7 @@ class PatchCore(wts.PretrainedBackbone, Detector):
         max_train: int | None = None,
         batch_size: int = 32,
         max_bank_bytes: float = 8e9,
+        knn_backend: str = "torch",
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -165,6 +166,8 @@ class PatchCore(wts.PretrainedBackbone, Detector):
             raise ValueError("resize_to (a centre crop) needs an input_size")
         if resize_to is not None and resize_to < input_size:
             raise ValueError(f"resize_to {resize_to} must be at least input_size {input_size}")
+        if knn_backend not in ("torch", "faiss"):
+            raise ValueError(f"knn_backend must be 'torch' or 'faiss', got {knn_backend!r}")
         if num_neighbors < 1 or embed_dim < 1:
             raise ValueError("num_neighbors and embed_dim must be positive")
         layers = tuple(layers)
@@ -261,7 +264,9 @@ class PatchCore(wts.PretrainedBackbone, Detector):
         """Per-patch nearest distances (N,P), their bank indices, the features, the grid."""
         f, grid = self.patch_features(x)
         n, p, dim = f.shape
-        d, idx = knn.knn_distances(f.reshape(n * p, dim), self.bank, k=1, squared=self.squared)
+        # faiss finds the neighbours faster in very large banks; distances are torch's either way
+        search = knn.faiss_knn_distances if self.knn_backend == "faiss" else knn.knn_distances
+        d, idx = search(f.reshape(n * p, dim), self.bank, k=1, squared=self.squared)
         return d.view(n, p), idx.view(n, p), f, grid
 
     def score(self, x: Tensor) -> Tensor:
