@@ -2,6 +2,13 @@
 (AUROC vs ε), a clean-vs-robust scatter and score histograms.
 
 Every figure is a pure function of stored results; PNG and PDF are written.
+
+Readability rules every figure keeps: series run in the leaderboard's column order
+(attack, then ε numerically); no colour is used twice in one chart (an attack is a
+colour family and its ε a shade of it, darker for a larger budget; the clean AUROC is
+dark grey); legends sit outside the axes, so they never cover data; every panel names
+its attack and its threat (norm and ε); scatter labels are placed where they overlap
+no other label and no point.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np  # noqa: E402
 from robustad.benchmark.leaderboard import (  # noqa: E402
     CONSTANT_DETECTOR_AUROC,
     WORST,
+    Table,
     build_table,
     current_fits,
     identities,
@@ -27,6 +35,86 @@ from robustad.benchmark.leaderboard import (  # noqa: E402
 from robustad.benchmark.metrics import auroc, one_sided_scores  # noqa: E402
 from robustad.benchmark.store import Store  # noqa: E402
 from robustad.threat import format_eps  # noqa: E402
+
+#: colour families of the attacks in a chart, in the order the attacks first appear
+#: (sequential colormaps: a shade per ε); clean is CLEAN_COLOR
+FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "YlOrBr", "PuRd", "GnBu", "YlGn", "RdPu",
+            "BuPu", "OrRd")  # fmt: skip
+CLEAN_COLOR = "#404040"
+
+
+def _hex(color) -> str:
+    return matplotlib.colors.to_hex(color, keep_alpha=False)
+
+
+def series_colors(series: list[tuple[str, float]]) -> list[str]:
+    """A colour for each ``(family, ε)`` series of one chart, no colour twice: one
+    colormap per family (an attack configuration, or ``"clean"`` → dark grey), shaded by
+    the rank of ε within the family (light = small budget). Beyond :data:`FAMILIES`, and
+    wherever two shades would coincide, a colour of its own is drawn from the hue circle."""
+    families = list(dict.fromkeys(f for f, _ in series if f != "clean"))
+    budgets = {f: sorted({round(e, 10) for g, e in series if g == f}) for f in families}
+    colors: list[str] = []
+    for family, eps in series:
+        if family == "clean":
+            color = CLEAN_COLOR
+        elif families.index(family) < len(FAMILIES):
+            levels = budgets[family]
+            rank = levels.index(round(eps, 10))
+            shade = 0.65 if len(levels) == 1 else 0.35 + 0.6 * rank / (len(levels) - 1)
+            color = _hex(matplotlib.colormaps[FAMILIES[families.index(family)]](shade))
+        else:
+            color = ""
+        colors.append(color)
+    return _distinct(colors)
+
+
+def _distinct(colors: list[str]) -> list[str]:
+    """``colors`` with every empty or repeated entry replaced by an unused hue."""
+    seen: set[str] = set()
+    out = []
+    k = 0
+    for c in colors:
+        while not c or c in seen:
+            c = _hex(matplotlib.colors.hsv_to_rgb(((0.13 + 0.381966 * k) % 1.0, 0.75, 0.45 + 0.1 * (k % 4))))
+            k += 1
+        seen.add(c)
+        out.append(c)
+    return out
+
+
+def method_colors(methods: list[str]) -> dict[str, str]:
+    """One colour per method (row label), no colour twice: tab10, tab20 beyond ten rows,
+    then colours from the hue circle."""
+    cmap = "tab10" if len(methods) <= 10 else "tab20"
+    base = [_hex(c) for c in matplotlib.colormaps[cmap].colors]
+    return dict(zip(methods, _distinct([base[i] if i < len(base) else "" for i in range(len(methods))])))
+
+
+def _legend_outside(ax, **kwargs) -> None:
+    """The legend to the right of the axes, where it covers no data (saved with
+    ``bbox_inches="tight"``)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+
+
+def _threat_text(norm: str, eps: float) -> str:
+    return f"{norm} ε={format_eps(eps)}"
+
+
+def _column_series(table: Table, dataset: str, col: str) -> tuple[str, float]:
+    """(family, ε) of a leaderboard column, for :func:`series_colors`."""
+    if col == "clean":
+        return ("clean", 0.0)
+    base, _, eps = table.threats.get((dataset, col), (col, "", 0.0))
+    return (base, eps)
+
+
+def _column_text(table: Table, dataset: str, col: str) -> str:
+    """A column's label naming its threat, also where the leaderboard leaves it out (one threat)."""
+    if col == "clean" or (dataset, col) not in table.threats:
+        return col
+    base, norm, eps = table.threats[(dataset, col)]
+    return f"{base} {_threat_text(norm, eps)}"
 
 
 def _save(fig, path: Path) -> list[Path]:
@@ -40,24 +128,30 @@ def _save(fig, path: Path) -> list[Path]:
 
 
 def plot_clean_vs_attacked(store: Store, out: Path, mode: str = "both") -> list[Path]:
-    """Grouped bars per dataset: each method's clean AUROC and AUROC under each attack."""
+    """Grouped bars per dataset: each method's clean AUROC and AUROC under each attack
+    configuration and threat (the leaderboard's columns, in its order), ± the standard
+    deviation over seeds."""
     table = build_table(store, mode)
     paths = []
     for dataset in dict.fromkeys(d for d, _ in table.columns):
         cols = [c for d, c in table.columns if d == dataset]
+        colors = series_colors([_column_series(table, dataset, c) for c in cols])
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(table.methods) * len(cols) / 2, 3.6))
         width = 0.8 / len(cols)
         x = np.arange(len(table.methods))
-        for j, col in enumerate(cols):
+        for j, (col, color) in enumerate(zip(cols, colors)):
             vals = [table.cells.get((m, dataset, col), (np.nan, None))[0] for m in table.methods]
             errs = [table.cells.get((m, dataset, col), (0, None))[1] or 0 for m in table.methods]
-            ax.bar(x + (j - (len(cols) - 1) / 2) * width, vals, width, yerr=errs, label=col)
+            ax.bar(x + (j - (len(cols) - 1) / 2) * width, vals, width, yerr=errs, color=color,
+                   label=_column_text(table, dataset, col), error_kw={"lw": 0.8})  # fmt: skip
         ax.axhline(CONSTANT_DETECTOR_AUROC, color="k", ls="--", lw=1, label="constant detector")
         ax.set_xticks(x, table.methods)
         ax.set_ylim(0, 100)
         ax.set_ylabel("AUROC (%)")
-        ax.set_title(f"{dataset}: clean vs attacked (mode '{mode}')")
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        threats = sorted({(n, round(e, 10)) for (d, _), (_, n, e) in table.threats.items() if d == dataset})
+        where = f"{_threat_text(*threats[0])}, " if len(threats) == 1 else ""
+        ax.set_title(f"{dataset}: clean vs attacked ({where}mode '{mode}')")
+        _legend_outside(ax, fontsize=7, ncol=1 if len(cols) <= 16 else 2)
         paths += _save(fig, out / f"auroc_{_file_part(dataset)}")
     return paths
 
@@ -88,12 +182,14 @@ def plot_score_histograms(store: Store, out: Path) -> list[Path]:
         lo, hi = np.percentile(np.r_[clean, adv], [0.5, 99.5])
         bins = np.linspace(lo, hi, 40)
         fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharex=True, sharey=True)
-        for ax, scores, title in ((axes[0], clean, "clean"), (axes[1], adv, ids.attack[strongest["job_id"]])):
-            ax.hist(np.clip(scores[y == 0], lo, hi), bins, alpha=0.6, label="normal")
-            ax.hist(np.clip(scores[y == 1], lo, hi), bins, alpha=0.6, label="anomalous")
-            ax.set_title(f"{title}")
+        attacked = f"{ids.attack[strongest['job_id']]}, {_threat_text(strongest['norm'], strongest['eps'])}"
+        for ax, scores, title in ((axes[0], clean, "clean"), (axes[1], adv, attacked)):
+            ax.hist(np.clip(scores[y == 0], lo, hi), bins, alpha=0.6, color="tab:blue", label="normal")
+            ax.hist(np.clip(scores[y == 1], lo, hi), bins, alpha=0.6, color="tab:orange", label="anomalous")
+            ax.set_title(title)
             ax.set_xlabel("anomaly score")
-        axes[0].legend()
+        axes[0].set_ylabel("test samples")
+        _legend_outside(axes[1], fontsize=8)
         fig.suptitle(
             f"{method} on {dataset}, normal class {first_class}: AUROC "
             f"{100 * strongest['metrics']['clean_auroc']:.1f} → "
@@ -155,63 +251,123 @@ def plot_robustness_curves(store: Store, out: Path, mode: str = "both") -> list[
         if len(n_eps) < 2:
             continue  # one budget: the bar chart already shows it
         attacks = sorted(per_attack, key=lambda a: (a == WORST, a))
+        methods = sorted({m for per_method in per_attack.values() for m in per_method})
+        colors = method_colors(methods)
         fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), squeeze=False,
                                  sharey=True)  # fmt: skip
         for ax, attack in zip(axes[0], attacks):
             for method, curve in sorted(per_attack[attack].items()):
                 e, a = zip(*curve)
-                ax.plot(e, a, marker="o", ms=3, label=method)
+                ax.plot(e, a, marker="o", ms=3, color=colors[method], label=method)
             ax.axhline(CONSTANT_DETECTOR_AUROC, color="k", ls="--", lw=1)
-            ax.set_title(attack)
-            ax.set_xlabel(f"ε ({norm})")
+            ax.set_title(f"{attack}, {norm}")
+            ax.set_xlabel(f"ε ({norm}; 0 = clean)")
             ticks = sorted(n_eps)
             ax.set_xticks([0.0, *ticks], ["0", *[format_eps(t) for t in ticks]], rotation=45, fontsize=7)
             ax.set_ylim(0, 100)
         axes[0][0].set_ylabel("AUROC (%)")
-        axes[0][-1].legend(fontsize=7, loc="lower left")
+        handles = [plt.Line2D([], [], color=colors[m], marker="o", ms=3, label=m) for m in methods]
+        axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                           borderaxespad=0.0)  # fmt: skip
         fig.suptitle(f"{dataset}: robustness curves (mode '{mode}'; dashed: constant detector)", y=1.04)
         paths += _save(fig, out / f"curves_{_file_part(dataset)}_{norm}")
     return paths
 
 
+def _overlaps(box, boxes) -> bool:
+    return any(box.overlaps(b) for b in boxes)
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 6) -> list:
+    """Annotate each point with its label where the label's box overlaps no label placed
+    before it and no point (greedy: around the point at growing distances, a thin leader
+    line beyond the nearest ring). Returns the annotations."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    pad = 3.5 * fig.dpi / 72  # a marker's radius (and a little), in pixels
+    taken = [matplotlib.transforms.Bbox.from_extents(x - pad, y - pad, x + pad, y + pad)
+             for x, y in ax.transData.transform(np.asarray(points, dtype=float).reshape(-1, 2))]  # fmt: skip
+    frame = ax.get_window_extent(renderer)
+    # (dx, dy) directions in points and the alignment that keeps the text on that side
+    sides = [(1, 1, "left", "bottom"), (1, -1, "left", "top"), (-1, 1, "right", "bottom"),
+             (-1, -1, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top"),
+             (1, 0, "left", "center"), (-1, 0, "right", "center")]  # fmt: skip
+    texts = []
+    for (x, y), label in zip(points, labels):
+        chosen = None
+        for ring in (4, 9, 15, 22, 30, 40, 52):
+            for dx, dy, ha, va in sides:
+                t = ax.annotate(label, (x, y), xytext=(dx * ring, dy * ring), textcoords="offset points",
+                                ha=ha, va=va, fontsize=fontsize)  # fmt: skip
+                box = t.get_window_extent(renderer)
+                inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                if inside and not _overlaps(box, taken):
+                    chosen = (t, box, ring)
+                    break
+                t.remove()
+            if chosen:
+                break
+        if chosen is None:  # nowhere free: the nearest place, overlapping
+            t = ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=fontsize)
+            chosen = (t, t.get_window_extent(renderer), 4)
+        t, box, ring = chosen
+        if ring > 4:
+            t.remove()
+            t = ax.annotate(label, (x, y), xytext=t.xyann, textcoords="offset points", ha=t.get_ha(),
+                            va=t.get_va(), fontsize=fontsize,
+                            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0,
+                                        "shrinkB": 2})  # fmt: skip
+        taken.append(box)
+        texts.append(t)
+    return texts
+
+
 def plot_clean_vs_robust(store: Store, out: Path, mode: str = "both") -> list[Path]:
-    """One point per method and dataset: clean AUROC against robust AUROC (the
+    """One point per method, dataset and threat: clean AUROC against robust AUROC (the
     per-sample worst case over attacks, or the strongest single attack), with the
-    diagonal (no loss) and the constant detector's 50%."""
+    diagonal (no loss) and the constant detector's 50%. Series (marker and colour) are
+    the threats, by norm and ε."""
     table = build_table(store, mode)
-    points = []  # (label, clean, robust, threat label)
-    for dataset in dict.fromkeys(d for d, _ in table.columns):
+    points = []  # (label, clean, robust, series label, (norm, ε))
+    datasets = list(dict.fromkeys(d for d, _ in table.columns))
+    for dataset in datasets:
         cols = [c for d, c in table.columns if d == dataset and c != "clean"]
-        worst_cols = [c for c in cols if c.startswith(WORST)]
+        worst_cols = [c for c in cols if table.threats.get((dataset, c), ("",))[0] == WORST]
         for m in table.methods:
             clean = table.cells.get((m, dataset, "clean"))
             if clean is None:
                 continue
-            for col in worst_cols or cols[:0]:
-                if (m, dataset, col) in table.cells:
-                    points.append((f"{m}/{dataset}", clean[0], table.cells[(m, dataset, col)][0], col))
+            name = m if len(datasets) == 1 else f"{m}/{dataset}"
+            picked = [c for c in worst_cols if (m, dataset, c) in table.cells]
             if not worst_cols:
                 vals = [(table.cells[(m, dataset, c)][0], c) for c in cols if (m, dataset, c) in table.cells]
-                if vals:
-                    robust, col = min(vals)
-                    points.append((f"{m}/{dataset}", clean[0], robust, col))
+                picked = [min(vals)[1]] if vals else []
+            for col in picked:
+                base, norm, eps = table.threats.get((dataset, col), (col, "", 0.0))
+                series = f"{WORST} {_threat_text(norm, eps)}" if base == WORST else "strongest attack"
+                if base != WORST:
+                    name = f"{name} ({base} {_threat_text(norm, eps)})"
+                points.append((name, clean[0], table.cells[(m, dataset, col)][0], series, (norm, eps)))
     if not points:
         return []
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    markers = dict(zip(sorted({p[3] for p in points}), "os^Dv<>ph*"))
-    for col, marker in markers.items():
-        pts = [p for p in points if p[3] == col]
-        ax.scatter([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=col)
-    for label, clean, robust, _ in points:
-        ax.annotate(label, (clean, robust), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    series = sorted({(p[4], p[3]) for p in points})  # by norm, then ε numerically
+    families = [(WORST if s.startswith(WORST) else s, threat[1]) for threat, s in series]
+    colors = series_colors(families)
+    for (threat, label), marker, color in zip(series, "os^Dv<>ph*" * 10, colors):
+        pts = [p for p in points if (p[4], p[3]) == (threat, label)]
+        ax.scatter([p[1] for p in pts], [p[2] for p in pts], marker=marker, color=color, label=label,
+                   zorder=3)  # fmt: skip
     ax.plot([0, 100], [0, 100], color="grey", lw=1, label="no loss (robust = clean)")
     ax.axhline(CONSTANT_DETECTOR_AUROC, color="k", ls="--", lw=1, label="constant detector")
     ax.set_xlim(min(40.0, min(p[1] for p in points) - 5), 101)
-    ax.set_ylim(0, 101)
+    ax.set_ylim(-2, 101)
     ax.set_xlabel("clean AUROC (%)")
     ax.set_ylabel("robust AUROC (%)")
     ax.set_title(f"clean vs robust (mode '{mode}')")
-    ax.legend(fontsize=6, loc="upper left")
+    _legend_outside(ax, fontsize=6)
+    place_labels(ax, [(p[1], p[2]) for p in points], [p[0] for p in points])
     return _save(fig, out / "clean_vs_robust")
 
 
