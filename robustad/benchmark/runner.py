@@ -1,35 +1,41 @@
-"""The run: expand the grid into fit and eval jobs, skip what the store has, do the rest.
+"""The work of one job: pure step functions that compute and never touch the store.
 
-fit job  = (method, params, dataset, normal class, seed): train, save the checkpoint
-           under ``<out>/checkpoints/<job_id>.pt``, score the clean test set.
-eval job = (fit job, attack, attack params, norm, ε): load the checkpoint, attack the
-           test set, store per-sample clean and adversarial scores and metrics.
+``run_fit(job, cfg) -> FitResult`` trains a detector, serialises its checkpoint and
+scores the clean test set; ``run_eval(job, detector, clean, cfg) -> EvalResult``
+attacks the test set. Every executor (``robustad.benchmark.driver``: local, or Ray
+tasks in ``robustad.benchmark.ray_executor``) and the one-call ``benchmark()`` run
+these same functions, so a job computes the same numbers wherever it runs; the
+driver alone writes the store and the checkpoints.
 
-Job ids are hashes of everything that affects the result, so adding an attack
-never retrains and an interrupted run resumes where it stopped.
+Job specs and the grid live in ``jobs``, provenance in ``provenance``, the progress
+bar in ``progress``; their names are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
-import random
-import re
-import subprocess
-import sys
+import io
 import time
-import traceback
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from robustad.attacks.reliability import cross_job_flags, job_flags
+from robustad.attacks.reliability import job_flags
+from robustad.benchmark.jobs import (  # noqa: F401  (re-exported)
+    FIT_VERSION,
+    EvalJob,
+    FitJob,
+    Grid,
+    _hash,
+    dataset_classes,
+    dataset_eps,
+    eval_batch_size,
+    expand_grid,
+    full_params,
+    method_fit_version,
+)
 from robustad.benchmark.metrics import (
     at_least_clean,
     attack_metrics,
@@ -38,262 +44,48 @@ from robustad.benchmark.metrics import (
     pixel_auroc,
     score_metrics,
 )
-from robustad.benchmark.store import Store
+from robustad.benchmark.progress import Progress  # noqa: F401  (re-exported)
+from robustad.benchmark.provenance import (  # noqa: F401  (re-exported)
+    DEVICE_PATTERN,
+    VERSIONED_PACKAGES,
+    git_revision,
+    library_versions,
+    resolve_device,
+    seed_everything,
+)
 from robustad.datasets import OneClassData, load_dataset
-from robustad.errors import UserError
 from robustad.methods.base import Detector, RunContext, load_detector_state, save_detector
-from robustad.registry import ATTACKS, DATASETS, METHODS
-from robustad.threat import ThreatModel, default_eps
-
-# Bump when a change to training code must invalidate cached checkpoints.
-FIT_VERSION = 1
+from robustad.registry import ATTACKS, METHODS
+from robustad.threat import ThreatModel
 
 
-# -- reproducibility and provenance ----------------------------------------------
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# -- what a step returns -------------------------------------------------------------
+@dataclass
+class FitResult:
+    """A fitted model's results: what the driver stores for a fit job."""
 
-
-# Packages whose code computes or feeds a result (aa/square, ta:<Name>, image loading,
-# statistics): recorded with every result, "not installed" where absent.
-VERSIONED_PACKAGES = ("pyautoattack", "torchvision", "scipy", "Pillow", "torchattacks")
-
-
-@lru_cache(maxsize=1)
-def library_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    import sklearn
-
-    from robustad import __version__
-
-    versions = {
-        "robustad": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
-    }
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-@lru_cache(maxsize=1)
-def git_revision() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        if rev.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=5,
-        )  # fmt: skip
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def resolve_device(device: str) -> str:
-    """auto, cpu, cuda, cuda:N or mps; anything else, or a device this machine lacks, is a
-    UserError. config.validate calls this, so a bad --device stops the run before training
-    instead of failing every fit."""
-    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
-        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UserError(
-            f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
-            "CUDA device(s), cuda:0 upwards"
-        )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' was asked for but MPS is not available; use --device cpu")
-    return device
-
-
-def _hash(spec: dict[str, Any]) -> str:
-    text = json.dumps(spec, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def full_params(registry, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Constructor defaults with the overrides applied (so a changed default changes the hash)."""
-    import inspect
-
-    defaults = {k: v for k, v in registry.get(name).parameters().items() if v is not inspect.Parameter.empty}
-    return {**defaults, **overrides}
-
-
-def method_fit_version(name: str) -> int:
-    """``Detector.fit_version`` of a registered method (1 for factories without one)."""
-    factory = METHODS.get(name).factory
-    return int(getattr(factory, "fit_version", 1))
-
-
-# -- job specs ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class FitJob:
-    method: str
-    params: dict
-    dataset: str
-    normal_class: int
-    seed: int
-    data_params: dict = field(default_factory=dict)
-    # Part of the identity: `folder`/`imagefolder` data *is* whatever lies at the root.
-    data_root: str | None = None
-    # Detector.fit_version of the method's class; only when > 1, so older ids stay valid
-    method_version: int = 1
-    # SHA-256 of the pretrained weights the fit loads (methods.weights); None: no file
-    weights_sha256: str | None = None
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return {
-            "kind": "fit",
-            **({"method_version": self.method_version} if self.method_version != 1 else {}),
-            "method": self.method,
-            "params": self.params,
-            **({"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}),
-            "dataset": self.dataset,
-            "data_params": self.data_params,
-            # only when given, so runs on the default locations keep their ids
-            **({"data_root": self.data_root} if self.data_root else {}),
-            "normal_class": self.normal_class,
-            "seed": self.seed,
-            "fit_version": FIT_VERSION,
-        }
-
-    @property
-    def job_id(self) -> str:
-        return "fit-" + _hash(self.spec)
-
-    def describe(self) -> str:
-        return f"fit {self.method} on {self.dataset} class {self.normal_class} seed {self.seed}"
-
-    def __hash__(self) -> int:
-        return hash(self.job_id)
-
-
-@dataclass(frozen=True)
-class EvalJob:
-    fit: FitJob
-    attack: str
-    params: dict
-    threat: ThreatModel
-
-    #: the evaluation batch size, for attacks whose results depend on it (None otherwise)
-    batch_size: int | None = None
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return {
-            "kind": "eval",
-            "fit_id": self.fit.job_id,
-            "attack": self.attack,
-            "params": self.params,
-            "norm": self.threat.norm,
-            "eps": round(self.threat.eps, 12),
-            **({"batch_size": self.batch_size} if self.batch_size is not None else {}),
-        }
-
-    @property
-    def job_id(self) -> str:
-        return "eval-" + _hash(self.spec)
-
-    def describe(self) -> str:
-        return (
-            f"{self.attack} ({self.threat.label()}) on {self.fit.method} / {self.fit.dataset} "
-            f"class {self.fit.normal_class} seed {self.fit.seed}"
-        )
-
-    def __hash__(self) -> int:
-        return hash(self.job_id)
+    labels: np.ndarray  # (N,) test labels
+    clean: np.ndarray  # (N,) float64 clean scores
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+    checkpoint: bytes | None  # save_detector's bytes (None when not asked for)
+    maps: dict[str, np.ndarray] | None = None  # masks and clean maps of a localising detector
+    detector: Detector | None = None  # the fitted model, in the process that fitted it
+    started: float = 0.0
+    finished: float = 0.0
 
 
 @dataclass
-class Grid:
-    fits: list[FitJob] = field(default_factory=list)
-    evals: dict[FitJob, list[EvalJob]] = field(default_factory=dict)
+class EvalResult:
+    """An attacked test set's results: what the driver stores for an eval job."""
 
-    @property
-    def n_jobs(self) -> int:
-        return len(self.fits) + sum(len(v) for v in self.evals.values())
-
-
-def dataset_classes(dataset: str, classes: Any) -> list[int]:
-    n = DATASETS.get(dataset).metadata.get("num_classes", 1)
-    return list(range(n)) if classes == "all" else list(classes)
-
-
-def dataset_eps(cfg: dict[str, Any], dataset: str) -> list[float]:
-    if cfg["eps"] != "auto":
-        return list(cfg["eps"])
-    return [default_eps(cfg["norm"], int(DATASETS.get(dataset).metadata.get("native_size", 32)))]
-
-
-def eval_batch_size(attack: str, cfg: dict[str, Any]) -> int | None:
-    """The batch size, when it is part of an eval job's identity: for attacks that are
-    not ``batch_independent`` (their random draws span the batch), a different
-    ``--batch-size`` is a different result."""
-    factory = ATTACKS.get(attack).factory
-    independent = getattr(factory, "batch_independent", False)  # unknown: assume not
-    return None if independent else int(cfg["batch_size"])
-
-
-def expand_grid(cfg: dict[str, Any]) -> Grid:
-    """method × dataset × normal class × seed fit jobs, each with attack × ε eval jobs."""
-    grid = Grid()
-    root = cfg.get("data_root")
-    data_root = str(Path(root).expanduser().resolve()) if root else None
-    for method in cfg["methods"]:
-        mparams = full_params(METHODS, method, cfg["method_params"].get(method, {}))
-        # resolving pretrained weights here stops a run with missing ones before training
-        identity = getattr(METHODS.get(method).factory, "weights_identity", None)
-        weights_sha256 = identity(mparams) if callable(identity) else None
-        for dataset in cfg["datasets"]:
-            for c in dataset_classes(dataset, cfg["classes"]):
-                for seed in cfg["seeds"]:
-                    dparams = cfg["dataset_params"].get(dataset, {})
-                    fit = FitJob(
-                        method,
-                        mparams,
-                        dataset,
-                        int(c),
-                        int(seed),
-                        dparams,
-                        data_root,
-                        method_fit_version(method),
-                        weights_sha256,
-                    )
-                    grid.fits.append(fit)
-                    evals = []
-                    for attack in cfg["attacks"]:
-                        user = cfg["attack_params"].get(attack, {})
-                        aparams = full_params(ATTACKS, attack, user)
-                        # The attack seed is the run seed unless the user sets one; a
-                        # user's seed is kept and is part of the eval job's identity.
-                        aparams.pop("seed", None)
-                        if "seed" in user:
-                            aparams["seed"] = int(user["seed"])
-                        for eps in dataset_eps(cfg, dataset):
-                            threat = ThreatModel(cfg["norm"], eps, cfg["attack_mode"])
-                            evals.append(EvalJob(fit, attack, aparams, threat, eval_batch_size(attack, cfg)))
-                    grid.evals[fit] = evals
-    return grid
+    labels: np.ndarray
+    adv: np.ndarray  # (N,) float64 attacked scores (at least the clean objective)
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+    maps: dict[str, np.ndarray] | None = None  # masks, clean and attacked maps
+    started: float = 0.0
+    finished: float = field(default=0.0)
 
 
 # -- the work of one job (also used by ``robustad.benchmark()``) ----------------------
@@ -408,242 +200,98 @@ def reliability_flags(info: dict[str, Any]) -> list[str]:
     return job_flags(info)
 
 
-def store_cross_job_flags(store: Store, fit_id: str) -> None:
-    """Recompute the flags that compare eval jobs of one model (masking?, non-monotone)
-    and store them with each job, so they are part of every result."""
-    rows = store.jobs(kind="eval", status="done", fit_id=fit_id)
-    white_box = {}
-    for r in rows:
-        try:
-            white_box[r["attack"]] = bool(ATTACKS.get(r["attack"]).metadata.get("white_box", True))
-        except UserError:  # an attack from a plug-in that is not loaded now
-            white_box[r["attack"]] = False
-    cross = cross_job_flags(rows, white_box)
-    for r in rows:
-        info = dict(r.get("info") or {})
-        flags = reliability_flags(info) + cross.get(r["job_id"], [])
-        if flags != info.get("flags"):
-            info["flags"] = flags
-            store.update_info(r["job_id"], info)
+def checkpoint_bytes(detector: Detector) -> bytes:
+    """The checkpoint ``save_detector`` writes, as bytes (the driver writes the file)."""
+    buf = io.BytesIO()
+    save_detector(detector, buf)
+    return buf.getvalue()
 
 
-# -- the driver --------------------------------------------------------------------------
-class Progress:
-    """A tqdm bar over jobs on a terminal; one line per job otherwise (logs, CI)."""
-
-    def __init__(self, total: int, quiet: bool = False):
-        from tqdm.auto import tqdm
-
-        self.interactive = sys.stderr.isatty() and not quiet
-        self.quiet = quiet
-        self.total = total
-        self.done = 0
-        self.bar = tqdm(total=total, desc="jobs", unit="job") if self.interactive else None
-
-    def log(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(msg[:60])
-        elif not self.quiet:
-            print(f"[{self.done}/{self.total}] {msg}", file=sys.stderr, flush=True)
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def training(self, desc: str):
-        """A callback for ``RunContext.progress``: an inner bar over epochs."""
-        if self.bar is None:
-            return None
-        from tqdm.auto import tqdm
-
-        state: dict[str, Any] = {}
-
-        def report(step: int, total: int, logs: dict[str, float]) -> None:
-            if "bar" not in state:
-                state["bar"] = tqdm(total=total, desc=desc, unit="epoch", leave=False)
-            state["bar"].update(step - state["bar"].n)
-            state["bar"].set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
-            if step >= total:
-                state["bar"].close()
-
-        return report
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def detector_from_checkpoint(job: FitJob, checkpoint: bytes | str | Path, device: str) -> Detector:
+    """The fitted model of ``job`` from checkpoint bytes (or a file), on ``device``."""
+    source = io.BytesIO(checkpoint) if isinstance(checkpoint, (bytes, bytearray, memoryview)) else checkpoint
+    detector = METHODS.create(job.method, **job.params)
+    return load_detector_state(detector, source).to(device)
 
 
-def _row(job: FitJob | EvalJob, cfg: dict[str, Any], started: float) -> dict[str, Any]:
-    fit = job if isinstance(job, FitJob) else job.fit
-    row = {
-        "job_id": job.job_id,
-        "kind": "fit" if isinstance(job, FitJob) else "eval",
-        "fit_id": None if isinstance(job, FitJob) else fit.job_id,
-        "method": fit.method,
-        "dataset": fit.dataset,
-        "normal_class": fit.normal_class,
-        "seed": fit.seed,
-        "config": {**job.spec, "preset": cfg.get("preset"), "batch_size": cfg["batch_size"]},
-        "started": started,
-        "finished": time.time(),
-        "duration": time.time() - started,
-        "versions": library_versions(),
-        "git_rev": git_revision(),
-    }
-    if isinstance(job, EvalJob):
-        row.update(attack=job.attack, norm=job.threat.norm, eps=job.threat.eps)
-    return row
+# -- the step functions ----------------------------------------------------------------
+def run_fit(
+    job: FitJob,
+    cfg: dict[str, Any],
+    *,
+    data: OneClassData | None = None,
+    device: str | None = None,
+    progress=None,
+    checkpoint: bool = True,
+    maps: bool = True,
+) -> FitResult:
+    """Train ``job``'s detector and score the clean test set; touches no store or file.
 
-
-def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False) -> dict[str, int]:
-    """Run every missing job of the configured grid; returns counts of what happened."""
-    from robustad.methods.weights import downloads_allowed
-
-    with downloads_allowed(bool(cfg.get("download"))):  # pretrained weights, only with --download
-        return _run_grid(cfg, out, quiet)
-
-
-def _run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool) -> dict[str, int]:
-    from robustad.config import check_buildable
-
-    out = Path(out)
-    ckpt_dir = out / "checkpoints"
-    # Everything below fails fast, before any training: the results folder, the device,
-    # every method and attack built with its parameters, the store's write lock, the data.
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for the results")
-    try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        msg = f"cannot create the results folder {out} ({exc.strerror}); use another --out"
-        raise UserError(msg) from exc
-    device = resolve_device(cfg["device"])
-    check_buildable(cfg)
-    grid = expand_grid(cfg)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-
-    with Store(out / "bench.sqlite") as store:
-        store.check_writable()
-        for dataset in cfg["datasets"]:  # one load per dataset
-            load_config_dataset(cfg, dataset, dataset_classes(dataset, cfg["classes"])[0])  # fmt: skip
-        progress = Progress(grid.n_jobs, quiet=quiet)
-        try:
-            for fit in grid.fits:
-                _run_fit_and_evals(fit, grid.evals[fit], cfg, store, ckpt_dir, device,
-                                   progress, counts)  # fmt: skip
-        finally:
-            progress.close()
-    return counts
-
-
-def _load_finished_fit(fit: FitJob, ckpt: Path, store: Store, device: str) -> Detector:
-    """The model of a done fit row, for its pending eval jobs.
-
-    A missing or unreadable checkpoint stops the run (UserError) and changes nothing:
-    marking the fit failed would delete its clean scores, and a refit would sit next
-    to eval rows computed on the old model.
+    ``device`` defaults to ``cfg["device"]`` resolved, ``data`` to the configured
+    dataset; ``checkpoint``: also return the saved state as bytes; ``maps``: clean
+    anomaly maps and pixel AUROC for a localising detector on data with masks.
     """
-    detector = METHODS.create(fit.method, **fit.params)
-    try:
-        if not ckpt.is_file():
-            raise FileNotFoundError("the file is missing")
-        return load_detector_state(detector, ckpt).to(device)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"the checkpoint {ckpt} of the finished {fit.describe()} cannot be read ({reason}); "
-            f"its results in {store.path} are kept, and it is retrained only with a fresh --out "
-            f"or after deleting its rows (job_id or fit_id {fit.job_id}) from the store"
-        ) from exc
-
-
-def _run_fit_and_evals(fit, evals, cfg, store, ckpt_dir, device, progress, counts) -> None:
-    ckpt = ckpt_dir / f"{fit.job_id}.pt"
-    todo = [e for e in evals if not store.is_done(e.job_id)]
-    fit_done = store.is_done(fit.job_id)
-    if fit_done and not todo:
-        progress.advance(1 + len(evals))
-        counts["skipped"] += 1 + len(evals)
-        return
-    if fit_done:
-        detector = _load_finished_fit(fit, ckpt, store, device)
-    data = load_config_dataset(cfg, fit.dataset, fit.normal_class)
-
     started = time.time()
-    try:
-        if fit_done:
-            counts["skipped"] += 1
-        else:
-            progress.log(fit.describe())
-            detector = fit_detector(fit, data, device, progress.training(fit.method))
-            tmp = ckpt.with_suffix(".tmp")
-            save_detector(detector, tmp)
-            os.replace(tmp, ckpt)  # atomic: a killed run never leaves half a checkpoint
-            clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)
-            row = _row(fit, cfg, started)
-            metrics = score_metrics(clean, data.test_y.numpy(), "clean_")
-            maps = None
-            if localises_on(detector, data):
-                masks = data.test_masks.numpy()
-                maps = {"masks": masks, "clean": anomaly_maps(detector, data.test_x, cfg["batch_size"], device)}
-                metrics["clean_pixel_auroc"] = pixel_auroc(maps["clean"], masks)
-            row.update(
-                status="done",
-                metrics=metrics,
-                info={"device": device, **detector.info(), "train_size": len(data.train_x)},
-            )
-            store.put(row, labels=data.test_y.numpy(), clean=clean, maps=maps)
-            counts["done"] += 1
-    except (KeyboardInterrupt, UserError):
-        raise
-    except Exception:
-        row = _row(fit, cfg, started)
-        row.update(status="failed", error=traceback.format_exc())
-        store.put(row)
-        counts["failed"] += 1
-        progress.log(f"FAILED {fit.describe()} (traceback stored in {fit.job_id})")
-        progress.advance(1 + len(evals))
-        return
-    progress.advance(1)
-    progress.advance(len(evals) - len(todo))
-    counts["skipped"] += len(evals) - len(todo)
-
-    clean = store.samples(fit.job_id)["clean"]
+    device = device or resolve_device(cfg["device"])
+    if data is None:
+        data = load_config_dataset(cfg, job.dataset, job.normal_class)
+    detector = fit_detector(job, data, device, progress)
+    state = checkpoint_bytes(detector) if checkpoint else None
+    clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)
     labels = data.test_y.numpy()
-    for job in todo:
-        progress.log(job.describe())
-        started = time.time()
-        try:
-            seed = job.params.get("seed", fit.seed)  # a user's attack seed, else the run seed
-            fit_maps = store.maps(fit.job_id) if localises_on(detector, data) else None
-            adv_maps = [] if fit_maps is not None else None
-            adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
-                                        seed, cfg["batch_size"], device, adv_maps)  # fmt: skip
-            adv = at_least_clean(clean, adv, labels)
-            row = _row(job, cfg, started)
-            info["flags"] = reliability_flags(info)
-            metrics = attack_metrics(clean, adv, labels)
-            metrics.update(certified_metrics(detector, job.threat, clean, labels))
-            maps = None
-            if fit_maps is not None:
-                maps = {**fit_maps, "adv": torch.cat(adv_maps).numpy()}
-                metrics["clean_pixel_auroc"] = pixel_auroc(maps["clean"], maps["masks"])
-                metrics["adv_pixel_auroc"] = pixel_auroc(maps["adv"], maps["masks"])
-            row.update(status="done", metrics=metrics, info=info)
-            store.put(row, labels=labels, clean=clean, adv=adv, maps=maps)
-            counts["done"] += 1
-        except (KeyboardInterrupt, UserError):
-            raise
-        except Exception:
-            row = _row(job, cfg, started)
-            row.update(status="failed", error=traceback.format_exc())
-            store.put(row)
-            counts["failed"] += 1
-            progress.log(f"FAILED {job.describe()} (traceback stored in {job.job_id})")
-        progress.advance(1)
-    if todo:
-        store_cross_job_flags(store, fit.job_id)
+    metrics = score_metrics(clean, labels, "clean_")
+    fit_maps = None
+    if maps and localises_on(detector, data):
+        masks = data.test_masks.numpy()
+        fit_maps = {"masks": masks, "clean": anomaly_maps(detector, data.test_x, cfg["batch_size"], device)}
+        metrics["clean_pixel_auroc"] = pixel_auroc(fit_maps["clean"], masks)
+    info = {"device": device, **detector.info(), "train_size": len(data.train_x)}
+    return FitResult(labels, clean, metrics, info, state, fit_maps, detector, started, time.time())
+
+
+def run_eval(
+    job: EvalJob,
+    detector: Detector,
+    clean: np.ndarray,
+    cfg: dict[str, Any],
+    *,
+    data: OneClassData | None = None,
+    device: str | None = None,
+    fit_maps: dict[str, np.ndarray] | None = None,
+) -> EvalResult:
+    """Attack the test set with ``job``'s attack; touches no store or file.
+
+    ``clean`` are the fit's stored clean scores; ``fit_maps`` its stored masks and clean
+    maps (used when the detector localises on this data: the attacked maps are added).
+    """
+    started = time.time()
+    device = device or resolve_device(cfg["device"])
+    fit = job.fit
+    if data is None:
+        data = load_config_dataset(cfg, fit.dataset, fit.normal_class)
+    labels = data.test_y.numpy()
+    seed = job.params.get("seed", fit.seed)  # a user's attack seed, else the run seed
+    fit_maps = fit_maps if fit_maps is not None and localises_on(detector, data) else None
+    adv_maps = [] if fit_maps is not None else None
+    adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
+                                seed, cfg["batch_size"], device, adv_maps)  # fmt: skip
+    adv = at_least_clean(clean, adv, labels)
+    info["flags"] = reliability_flags(info)
+    metrics = attack_metrics(clean, adv, labels)
+    metrics.update(certified_metrics(detector, job.threat, clean, labels))
+    maps = None
+    if fit_maps is not None:
+        maps = {**fit_maps, "adv": torch.cat(adv_maps).numpy()}
+        metrics["clean_pixel_auroc"] = pixel_auroc(maps["clean"], maps["masks"])
+        metrics["adv_pixel_auroc"] = pixel_auroc(maps["adv"], maps["masks"])
+    return EvalResult(labels, adv, metrics, info, maps, started, time.time())
+
+
+def run_grid(cfg: dict[str, Any], out: str | Path, quiet: bool = False, plugins=()) -> dict[str, int]:
+    """Run every missing job of the configured grid (``robustad.benchmark.driver``)."""
+    from robustad.benchmark.driver import run_grid as drive
+
+    return drive(cfg, out, quiet=quiet, plugins=plugins)
 
 
 def benchmark(
@@ -683,22 +331,17 @@ def benchmark(
     grid = expand_grid(cfg)
     fit = grid.fits[0]
     data = load_config_dataset(cfg, dataset, normal_class)
-    detector = fit_detector(fit, data, dev)
-    labels = data.test_y.numpy()
-    clean = detector.score_batched(data.test_x, cfg["batch_size"]).numpy().astype(np.float64)
+    fitted = run_fit(fit, cfg, data=data, device=dev, checkpoint=False, maps=False)
     result: dict[str, Any] = {
         "method": fit.method,
         "dataset": dataset,
         "normal_class": normal_class,
-        "clean": score_metrics(clean, labels),
+        "clean": score_metrics(fitted.clean, fitted.labels),
         "attacks": {},
     }
     for job in grid.evals[fit]:
-        adv, info = attack_test_set(detector, job.attack, job.params, job.threat, data,
-                                    job.params.get("seed", seed), cfg["batch_size"], dev)  # fmt: skip
-        adv = at_least_clean(clean, adv, labels)
-        metrics = attack_metrics(clean, adv, labels)
-        metrics.update(certified_metrics(detector, job.threat, clean, labels))
-        metrics.update(threat=job.threat.to_dict(), flags=reliability_flags(info))
+        evaluated = run_eval(job, fitted.detector, fitted.clean, cfg, data=data, device=dev)
+        metrics = evaluated.metrics
+        metrics.update(threat=job.threat.to_dict(), flags=evaluated.info["flags"])
         result["attacks"][job.attack] = metrics
     return result
