@@ -8,8 +8,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from robustad.benchmark import plots
+from robustad.benchmark.frame import load_results
 from robustad.benchmark.leaderboard import build_table, to_latex, to_markdown
 from robustad.benchmark.store import Store
+from robustad.threat import format_eps
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,6 +90,11 @@ def figures(monkeypatch):
                         if ln.get_label() and not ln.get_label().startswith("_")
                     ],  # fmt: skip
                     "labels": [t.get_text() for t in ax.texts],
+                    "image": np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+                    if ax.images
+                    else None,
+                    "yticks": [t.get_text() for t in ax.get_yticklabels()],
+                    "xticks": [t.get_text() for t in ax.get_xticklabels()],
                     "label_boxes": [matplotlib.text.Text.get_window_extent(t) for t in ax.texts],
                 }
                 for ax in fig.axes
@@ -218,3 +225,47 @@ def test_scatter_labels_do_not_overlap():
         assert not any(b.overlaps(matplotlib.transforms.Bbox.from_extents(x - pad, y - pad, x + pad, y + pad))
                        for b in boxes)  # fmt: skip
     plt.close(fig)
+
+
+def test_per_class_heatmaps_show_the_frames_values(sweep, figures):
+    store, out = sweep
+    # a second seed for one method and class: a heatmap value is the mean over seeds
+    clean = _fit(store, "fit-deepsvdd-0-s1", "deepsvdd", 0, seed=1)
+    adv = _scores(77, 1.0)
+    _eval(store, "eval-deepsvdd-0-s1", "fit-deepsvdd-0-s1", "deepsvdd", "pgd", 8 / 255, adv, clean, 0, seed=1)
+    paths = plots.write_plots(store, out)
+    assert out / "plots" / "classes_digits.png" in paths and (out / "plots" / "classes_digits.pdf").is_file()
+    df = load_results(out, n_boot=0)
+    panels = figures["classes_digits"]["axes"][
+        :13
+    ]  # clean, fgsm ×4, pgd ×4, worst case ×4; then the colorbar
+    eps = ["2/255", "4/255", "8/255", "16/255"]
+    titles = ["clean"] + [f"{a}, Linf ε={e}" for a in ("fgsm", "pgd", "worst case") for e in eps]
+    assert [p["title"] for p in panels] == titles
+    methods = panels[0]["yticks"]  # shown on the first column (the rows are shared)
+    assert methods == ["deepsvdd", "principals"]
+    for panel in panels:
+        assert panel["xticks"] == ["0", "1"] and panel["image"].shape == (2, 2)
+        if panel["title"] == "clean":
+            want = (
+                100
+                * df.drop_duplicates("fit_id").groupby(["method_label", "normal_class"])["clean_auroc"].mean()
+            )
+        else:
+            attack, threat = panel["title"].split(", ")
+            sub = df[
+                (df["attack_label"] == attack)
+                & (df["eps"].map(lambda e: f"Linf ε={format_eps(e)}") == threat)
+            ]
+            want = 100 * sub.groupby(["method_label", "normal_class"])["adv_auroc"].mean()
+        for i, method in enumerate(methods):
+            for j, c in enumerate(panel["xticks"]):
+                assert panel["image"][i, j] == pytest.approx(want[(method, int(c))])
+    # the seed-1 run moved the mean of its cell
+    pgd8 = figures["classes_digits"]["axes"][titles.index("pgd, Linf ε=8/255")]["image"][0, 0]
+    seed0 = df[(df["fit_id"] == "fit-deepsvdd-0") & (df["attack"] == "pgd") & (df["eps"] == 8 / 255)][
+        "adv_auroc"
+    ]
+    assert pgd8 == pytest.approx(100 * np.mean([seed0.iloc[0], roc_auc_score(LABELS, adv)]))
+    tables = plots.per_class_aurocs(df)
+    assert tables["digits"]["pgd, Linf ε=8/255"].loc["deepsvdd", 0] == pytest.approx(pgd8)

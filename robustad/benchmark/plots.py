@@ -22,8 +22,11 @@ from collections import defaultdict  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
+from robustad.benchmark.frame import results_frame  # noqa: E402
 from robustad.benchmark.leaderboard import (  # noqa: E402
+    ATTACK_ORDER,
     CONSTANT_DETECTOR_AUROC,
     WORST,
     Table,
@@ -371,6 +374,71 @@ def plot_clean_vs_robust(store: Store, out: Path, mode: str = "both") -> list[Pa
     return _save(fig, out / "clean_vs_robust")
 
 
+def per_class_aurocs(frame: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """``{dataset label: {panel: AUROC % as a frame, method label × normal class}}`` from a
+    results frame (:func:`robustad.benchmark.frame.results_frame`), superseded fits left
+    out: the panel ``clean`` (each fit's clean AUROC), then one panel per attack
+    configuration and threat (``pgd (steps=10), Linf ε=8/255``; worst case last), in the
+    leaderboard's order. A value is the mean over seeds; a run that is missing is NaN."""
+    df = frame[~frame["superseded"].astype(bool)]
+    out: dict[str, dict] = {}
+    for dataset in sorted(df["dataset_label"].unique()):
+        d = df[df["dataset_label"] == dataset]
+        panels = {}
+        fits = d.drop_duplicates("fit_id")
+        panels["clean"] = 100 * fits.pivot_table(index="method_label", columns="normal_class",
+                                                 values="clean_auroc", aggfunc="mean")  # fmt: skip
+        keys = d[["attack_label", "attack", "norm", "eps"]].drop_duplicates().itertuples(index=False)
+
+        def order(k) -> tuple:
+            rank = ATTACK_ORDER.index(k.attack) if k.attack in ATTACK_ORDER else len(ATTACK_ORDER)
+            return (k.attack == WORST, rank, k.attack_label, k.norm, k.eps)
+
+        for k in sorted(keys, key=order):
+            sub = d[(d["attack_label"] == k.attack_label) & (d["norm"] == k.norm) & (d["eps"] == k.eps)]
+            panels[f"{k.attack_label}, {_threat_text(k.norm, k.eps)}"] = 100 * sub.pivot_table(
+                index="method_label", columns="normal_class", values="adv_auroc", aggfunc="mean"
+            )
+        out[dataset] = {name: p.reindex(index=sorted(set(d["method_label"]))) for name, p in panels.items()}
+    return out
+
+
+def plot_class_heatmaps(store: Store, out: Path, mode: str = "both", frame=None) -> list[Path]:
+    """Per dataset: AUROC (%) per method (rows) and normal class (columns), one panel
+    for the clean AUROC and one per attack configuration and threat, on one colour scale
+    (0 to 100; the value is written in each cell)."""
+    if frame is None:
+        frame = results_frame(store, mode, n_boot=0)
+    paths = []
+    for dataset, panels in per_class_aurocs(frame).items():
+        n = len(panels)
+        ncols = min(n, 4)
+        nrows = -(-n // ncols)
+        first = next(iter(panels.values()))
+        w = 1.2 + 0.45 * max(first.shape[1], 2)
+        h = 0.8 + 0.32 * max(first.shape[0], 2)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * w + 2.0, nrows * h + 0.8), squeeze=False,
+                                 sharey=True, layout="constrained")  # fmt: skip
+        image = None
+        for ax, (name, values) in zip(axes.flat, panels.items()):
+            image = ax.imshow(values.to_numpy(dtype=float), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+            ax.set_title(name, fontsize=8)
+            ax.set_xticks(range(values.shape[1]), [str(c) for c in values.columns], fontsize=7)
+            ax.set_yticks(range(values.shape[0]), list(values.index), fontsize=7)
+            ax.tick_params(axis="y", labelleft=ax.get_subplotspec().is_first_col())
+            ax.set_xlabel("normal class", fontsize=7)
+            for (i, j), v in np.ndenumerate(values.to_numpy(dtype=float)):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if v < 60 else "black")  # fmt: skip
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="AUROC (%)", shrink=0.8)
+        fig.suptitle(f"{dataset}: AUROC per normal class (mode '{mode}'; mean over seeds)")
+        paths += _save(fig, out / f"classes_{_file_part(dataset)}")
+    return paths
+
+
 def write_plots(store: Store, out: str | Path, mode: str = "both") -> list[Path]:
     out = Path(out) / "plots"
     out.mkdir(parents=True, exist_ok=True)
@@ -379,4 +447,5 @@ def write_plots(store: Store, out: str | Path, mode: str = "both") -> list[Path]
         + plot_robustness_curves(store, out, mode)
         + plot_clean_vs_robust(store, out, mode)
         + plot_score_histograms(store, out)
+        + plot_class_heatmaps(store, out, mode)
     )
