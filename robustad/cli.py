@@ -1,4 +1,4 @@
-"""The ``bench`` command: run, leaderboard, plot, list.
+"""The ``bench`` command: run, leaderboard, plot, report, list.
 
 User errors (unknown names, missing files, impossible ε or attack parameters, an
 unknown device, ``--out`` naming a file, a locked store, ...) print one sentence and
@@ -47,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true", default=None,
                      help="download missing datasets (needs the network)")  # fmt: skip
     run.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda, cuda:N or mps")
-    run.add_argument("--executor", help="local (default)")
+    run.add_argument("--executor", help="local (default) or ray (docs/SCALING.md)")
+    run.add_argument("--ray-address", dest="ray_address",
+                     help="with --executor ray: none = a private local Ray, 'auto' = the Ray "
+                          "cluster running on this machine, or host:port / ray://host:port")  # fmt: skip
+    run.add_argument("--ray-cpus-per-task", dest="ray_cpus_per_task", type=float,
+                     help="with --executor ray: CPUs per task, also its torch thread count "
+                          "(default 1)")  # fmt: skip
+    run.add_argument("--ray-gpus-per-task", dest="ray_gpus_per_task", type=float,
+                     help="with --executor ray: GPUs per task, fractions allowed "
+                          "(default 1 when the run uses CUDA, else 0)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress output")
     _add_out(run)
 
@@ -64,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--attack-mode", dest="attack_mode", default="both",
                     choices=["both", "normal", "anomaly"])  # fmt: skip
     _add_out(pl)
+
+    rp = sub.add_parser("report", help="write one self-contained <out>/report.html from the store")
+    rp.add_argument("--attack-mode", dest="attack_mode", default="both",
+                    choices=["both", "normal", "anomaly"])  # fmt: skip
+    _add_out(rp)
 
     ls = sub.add_parser("list", help="list registered methods, attacks or datasets")
     ls.add_argument("what", choices=["methods", "attacks", "datasets"])
@@ -96,11 +110,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_plugin(module)
     overrides = {k: getattr(args, k) for k in (
         "methods", "datasets", "classes", "seeds", "attacks", "eps", "norm", "attack_mode",
-        "batch_size", "data_root", "download", "device", "executor")}  # fmt: skip
+        "batch_size", "data_root", "download", "device", "executor",
+        "ray_address", "ray_cpus_per_task", "ray_gpus_per_task")}  # fmt: skip
     cfg = resolve(args.preset, args.config, overrides)
     out = Path(args.out)
     try:
-        counts = run_grid(cfg, out, quiet=args.quiet)
+        counts = run_grid(cfg, out, quiet=args.quiet, plugins=args.plugin)
     except KeyboardInterrupt:
         print(
             f"bench: interrupted; finished jobs are saved in {out / 'bench.sqlite'}, "
@@ -145,6 +160,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustad.benchmark.report import write_report
+
+    with _open_store(args.out) as store:
+        path = write_report(store, args.out, args.attack_mode)
+    print(path)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from robustad.registry import ATTACKS, DATASETS, METHODS, load_plugin
 
@@ -172,7 +196,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
+            "list": cmd_list}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
