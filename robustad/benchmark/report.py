@@ -65,7 +65,7 @@ h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}
 th{background:#f4f4f4;cursor:pointer;user-select:none}th.text,td.text{text-align:left}
-td.best .v{font-weight:bold}.ci{color:#666;font-size:.85em;display:block}
+td.best .v{font-weight:bold}.ci{color:#666;font-size:.85em;display:block}.v,.ci{white-space:nowrap}
 .flag{color:#a33;font-size:.85em;cursor:help;border-bottom:1px dotted #a33}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.8em}
