@@ -161,7 +161,7 @@ class Store:
             if maps is not None:
                 self.conn.execute(
                     "INSERT INTO maps (job_id, masks, clean, adv) VALUES (?, ?, ?, ?)",
-                    (row["job_id"], _to_blob(maps["masks"]), _to_blob(maps["clean"]), _to_blob(maps.get("adv"))),
+                    (row["job_id"], *(_to_blob(maps.get(k)) for k in ("masks", "clean", "adv"))),
                 )
         return True
 

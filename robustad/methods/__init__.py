@@ -1,7 +1,17 @@
 """Anomaly detectors. Importing this package registers the built-ins."""
 
-from robustad.methods import apae, cobra, csi, deepsvdd, draem, ocsdf, principals  # noqa: F401  (registration)
-from robustad.methods import feature_knn, patchcore  # noqa: F401  (registration: zarnd, msad, patchcore)
+# registration: importing a module registers its methods (feature_knn: zarnd and msad)
+from robustad.methods import (  # noqa: F401
+    apae,
+    cobra,
+    csi,
+    deepsvdd,
+    draem,
+    feature_knn,
+    ocsdf,
+    patchcore,
+    principals,
+)
 from robustad.methods.base import Detector, RunContext
 
 __all__ = ["Detector", "RunContext"]
