@@ -16,7 +16,11 @@ Keys:
   attack_mode   "both", "normal" or "anomaly": which AUROC the leaderboard shows
   batch_size    evaluation/attack batch size
   device        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-  executor      "local"
+  executor      "local" (one job after another) or "ray" (docs/SCALING.md)
+  ray_address   with executor ray: None (a private local Ray), "auto" (the cluster
+                 running on this machine), "host:port" or "ray://host:port"
+  ray_cpus_per_task  CPUs per Ray task, also its torch thread count (default 1)
+  ray_gpus_per_task  GPUs per Ray task, fractions allowed (None: 1 when the run uses CUDA)
   data_root     folder with datasets (optional)
   download      allow downloading missing datasets
   method_params {method: {param: value}} constructor parameters
@@ -42,8 +46,9 @@ KEYS = {
     "preset", "methods", "datasets", "classes", "seeds", "attacks", "norm", "eps",
     "attack_mode", "batch_size", "device", "executor", "data_root", "download",
     "method_params", "attack_params", "dataset_params",
+    "ray_address", "ray_cpus_per_task", "ray_gpus_per_task",
 }  # fmt: skip
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 def preset_names() -> list[str]:
@@ -184,6 +189,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"batch_size must be a positive integer, got {cfg.get('batch_size')!r}")
     if cfg.get("executor") not in EXECUTORS:
         raise UserError(f"unknown executor {cfg.get('executor')!r}; available: {', '.join(EXECUTORS)}")
+    _validate_ray_keys(cfg)
     cfg.setdefault("dataset_params", {})
     for key, registry in (
         ("method_params", METHODS),
@@ -220,6 +226,28 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     resolve_device(cfg["device"])  # an unknown or absent device is a UserError now, not per fit
     check_buildable(cfg)
     return cfg
+
+
+def _validate_ray_keys(cfg: dict[str, Any]) -> None:
+    """The executor's resources: CPUs per task > 0, GPUs per task >= 0 (None: automatic)."""
+    cfg.setdefault("ray_address", None)
+    cfg.setdefault("ray_cpus_per_task", 1)
+    cfg.setdefault("ray_gpus_per_task", None)
+    address = cfg["ray_address"]
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise UserError(f"ray_address must be 'auto', host:port or ray://host:port, got {address!r}")
+    for key, least in (("ray_cpus_per_task", 0.0), ("ray_gpus_per_task", 0.0)):
+        value = cfg[key]
+        if value is None and key == "ray_gpus_per_task":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < least
+            or (key == "ray_cpus_per_task" and value == 0)
+        ):
+            what = "a positive number" if key == "ray_cpus_per_task" else "a number >= 0"
+            raise UserError(f"{key} must be {what}, got {value!r}")
 
 
 def check_buildable(cfg: dict[str, Any]) -> None:
