@@ -99,3 +99,17 @@ def test_pixel_auroc_is_stored_per_eval_job_and_matches_the_stored_maps(tmp_path
             assert np.array_equal(m["clean"], fit_maps["clean"])
         # the attack on the map lowers the pixel AUROC it targets
         assert evals["pgd-map"]["metrics"]["adv_pixel_auroc"] < fit["metrics"]["clean_pixel_auroc"]
+
+    # the leaderboard shows the pixel AUROCs beside the image ones
+    from robustad.benchmark.leaderboard import build_table
+
+    with Store(out / "bench.sqlite") as store:
+        table = build_table(store)
+    cols = [c for d, c in table.columns]
+    assert cols.index("pixel clean") > cols.index("pgd-map")
+    assert "pixel pgd" in cols and "pixel pgd-map" in cols
+    row = table.methods[0]
+    pixel_clean = table.cells[(row, "mvtec", "pixel clean")][0]
+    assert pixel_clean == pytest.approx(100 * fit["metrics"]["clean_pixel_auroc"])
+    pixel_map = table.cells[(row, "mvtec", "pixel pgd-map")][0]
+    assert pixel_map == pytest.approx(100 * evals["pgd-map"]["metrics"]["adv_pixel_auroc"])

@@ -56,6 +56,9 @@ from robustad.threat import format_eps
 CONSTANT_DETECTOR_AUROC = 50.0
 WORST = "worst case"
 CERTIFIED = "certified"
+#: prefix of the pixel-level columns (localising methods on data with masks): pixel AUROC,
+#: clean and under each attack; not bounded by the image AUROC columns
+PIXEL = "pixel"
 INCOMPLETE = "incomplete"
 
 
@@ -270,6 +273,13 @@ def build_table(
         s = store.samples(fit_id) if ci else None
         put((ids.row[fit_id], ids.dataset[fit_id], "clean"), fit, 100 * fit["metrics"]["clean_auroc"], fit_id,
             None if s is None or s["labels"] is None else (s["labels"], s["clean"]))  # fmt: skip
+        if "clean_pixel_auroc" in (fit.get("metrics") or {}):
+            pcol = f"{PIXEL} clean"
+            put((ids.row[fit_id], ids.dataset[fit_id], pcol), fit, 100 * fit["metrics"]["clean_pixel_auroc"],
+                f"{PIXEL}:{fit_id}")  # fmt: skip
+            if pcol not in attack_columns[ids.dataset[fit_id]]:
+                attack_columns[ids.dataset[fit_id]].append(pcol)
+                column_keys[(ids.dataset[fit_id], pcol)] = (PIXEL, "", -1.0, pcol)
     for r in evals:
         row, dataset = ids.row[r["fit_id"]], ids.dataset[r["fit_id"]]
         multi = len(threats_per_dataset[dataset]) > 1
@@ -288,6 +298,13 @@ def build_table(
         same_model_and_threat[(r["fit_id"], r["norm"], round(r["eps"], 10))].append(
             (ids.attack_key[r["job_id"]], labels, attacked)
         )
+        if "adv_pixel_auroc" in (r.get("metrics") or {}):
+            pcol = f"{PIXEL} {col}"
+            pixel = 100 * r["metrics"]["adv_pixel_auroc"]
+            put((row, dataset, pcol), fits[r["fit_id"]], pixel, f"{PIXEL}:{r['job_id']}")
+            if pcol not in attack_columns[dataset]:
+                attack_columns[dataset].append(pcol)
+                column_keys[(dataset, pcol)] = (PIXEL, r["norm"], r["eps"], pcol)
         # the certified L2 AUROC of a Lipschitz detector (metrics.certified_auroc): one per model
         # and threat, whichever attack's row carries it; both-sided only
         cert = (r.get("metrics") or {}).get("certified_auroc")
@@ -478,6 +495,8 @@ def _column_order(label: str, key: tuple[str, str, float, str] | None) -> tuple:
     attack, norm, eps, config_label = key
     if attack in (CERTIFIED, WORST):
         return (1 if attack == CERTIFIED else 2, 0, attack, norm, float(eps), "")
+    if attack == PIXEL:  # after the image-level columns: clean first, then by threat
+        return (4, 0, attack, norm, float(eps), config_label)
     rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
     return (0, rank, attack, norm, float(eps), config_label)
 
