@@ -277,8 +277,10 @@ def check_buildable(cfg: dict[str, Any]) -> None:
             if getattr(obj, "needs_anomaly_map", False):
                 from robustad.methods.base import Detector
 
-                without = [m for m in cfg["methods"]
-                           if getattr(METHODS.get(m).factory, "anomaly_map", None) is Detector.anomaly_map]  # fmt: skip
+                def has_map(method: str) -> bool:
+                    return getattr(METHODS.get(method).factory, "anomaly_map", None) is not Detector.anomaly_map
+
+                without = [m for m in cfg["methods"] if not has_map(m)]
                 if without:
                     raise UserError(
                         f"attack {name!r} attacks the anomaly map, which {', '.join(without)} do(es) not "
