@@ -278,7 +278,8 @@ def check_buildable(cfg: dict[str, Any]) -> None:
                 from robustad.methods.base import Detector
 
                 def has_map(method: str) -> bool:
-                    return getattr(METHODS.get(method).factory, "anomaly_map", None) is not Detector.anomaly_map
+                    own = getattr(METHODS.get(method).factory, "anomaly_map", None)
+                    return own is not Detector.anomaly_map
 
                 without = [m for m in cfg["methods"] if not has_map(m)]
                 if without:
