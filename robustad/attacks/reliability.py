@@ -28,8 +28,6 @@ ZERO_GRAD = "zero-grad"
 BOX_MASKING = "box-masking"
 MASKING = "masking?"
 NON_MONOTONE = "non-monotone"
-#: flags that depend on other jobs, recomputed whenever a model's results change
-CROSS_JOB_FLAGS = (MASKING, NON_MONOTONE)
 
 
 def job_flags(info: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ function of each image alone (no batch statistics, no global RNG).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +23,6 @@ class RunContext:
     device: str = "cpu"
     seed: int = 0
     progress: Callable[[int, int, dict[str, float]], None] | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
 
     def report(self, step: int, total: int, **logs: float) -> None:
         if self.progress is not None:
@@ -75,10 +74,6 @@ class Detector(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.score(x)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """Constructor parameters, recorded with every result."""
-        return dict(getattr(self, "_hparams", {}))
 
     def info(self) -> dict[str, Any]:
         """Extra facts recorded with results (e.g. 'weights: random init')."""
