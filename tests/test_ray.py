@@ -191,7 +191,7 @@ def test_a_killed_driver_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, l
     cmd = [sys.executable, "-m", "robustad",
            *_args(tmp_path, out, slow, "--executor", "ray", "--ray-address", local_ray)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # generous: on a loaded machine the first fit can take minutes
     try:
         while time.time() < deadline and proc.poll() is None:
             try:
@@ -201,6 +201,7 @@ def test_a_killed_driver_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, l
                 pass
             time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no eval row was stored within the deadline; nothing to resume"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
