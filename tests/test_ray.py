@@ -1,5 +1,5 @@
 """``bench run --executor ray`` on a real local Ray (2 CPUs): same stores as ``local``,
-failures stored, a killed driver resumes, user errors exit 2 (issue 14).
+failures stored, a killed driver resumes, user errors exit 2.
 
 Skipped when Ray is not installed (``pip install -e '.[ray]'``; ``.ci/run`` installs it).
 """
