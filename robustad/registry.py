@@ -47,6 +47,19 @@ class Entry:
         return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
 
 
+#: facts a registered class states as class attributes; ``bench list`` and the runner read
+#: them from the class, so they are stated once (a decorator that repeats one must agree)
+CLASS_FACTS = ("white_box", "differentiable", "stochastic", "fit_version")
+
+
+def class_facts(name: str, factory: Callable, metadata: dict[str, Any]) -> dict[str, Any]:
+    facts = {k: getattr(factory, k) for k in CLASS_FACTS if inspect.isclass(factory) and hasattr(factory, k)}
+    for k, v in facts.items():
+        if k in metadata and metadata[k] != v:
+            raise ValueError(f"{name!r}: the registration says {k}={metadata[k]!r}, the class {v!r}")
+    return facts
+
+
 class Registry:
     """Name → constructor table with wildcard listing and close-match errors."""
 
@@ -67,7 +80,7 @@ class Registry:
             key = (name or factory.__name__).lower()
             if key in self._entries and self._entries[key].factory is not factory:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
-            self._entries[key] = Entry(key, factory, dict(metadata))
+            self._entries[key] = Entry(key, factory, {**metadata, **class_facts(key, factory, metadata)})
             return factory
 
         return decorator

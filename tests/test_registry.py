@@ -104,3 +104,21 @@ def test_entry_point_registration(tmp_path, monkeypatch):
 def test_plugin_missing_module_is_a_user_error(capsys):
     assert main(["list", "methods", "--plugin", "no_such_module_xyz"]) == 2
     assert "could not be imported" in capsys.readouterr().err
+
+
+def test_class_facts_are_read_from_the_class_and_a_contradiction_is_refused():
+    from robustad.attacks.base import Attack
+    from robustad.registry import Registry
+
+    reg = Registry("attack", "robustad.test_only")
+
+    @reg.register("blind")
+    class Blind(Attack):
+        white_box = False
+
+    assert reg.get("blind").metadata["white_box"] is False  # from the class, stated once
+    with pytest.raises(ValueError, match="white_box"):
+
+        @reg.register("liar", white_box=True)
+        class Liar(Attack):
+            white_box = False

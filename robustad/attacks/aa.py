@@ -79,7 +79,6 @@ def anomaly_apgd(view: TwoLogitView, loss: str, norm: str, eps: float, steps: in
 
 @register_attack(
     "aa",
-    white_box=True,
     description="AutoAttack for AD: per-sample worst case of APGD (d·s), APGD (2-logit CE), "
     "APGD on the surrogate score (where the detector has one), Square",
 )

@@ -41,7 +41,6 @@ def checkpoints(steps: int) -> list[int]:
 
 @register_attack(
     "apgd",
-    white_box=True,
     description="Auto-PGD (Croce & Hein 2020) on d·s: momentum, step-size halving, restarts",
 )
 class APGD(Attack):

@@ -6,7 +6,7 @@ from robustad.attacks.base import Attack, ascent_direction, objective, objective
 from robustad.registry import register_attack
 
 
-@register_attack("fgsm", white_box=True, description="one signed-gradient step of size ε")
+@register_attack("fgsm", description="one signed-gradient step of size ε")
 class FGSM(Attack):
     def __init__(self, seed: int = 0):
         super().__init__(seed=seed)

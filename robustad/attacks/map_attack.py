@@ -39,9 +39,7 @@ def pixel_weights(y: Tensor, masks: Tensor | None, shape: tuple[int, ...]) -> Te
     return 1.0 - 2.0 * defect
 
 
-@register_attack(
-    "pgd-map", white_box=True, description="PGD on the anomaly map: raise normal pixels, lower defect pixels"
-)
+@register_attack("pgd-map", description="PGD on the anomaly map: raise normal pixels, lower defect pixels")
 class MapPGD(Attack):
     #: the runner passes the test masks to this attack
     needs_masks = True

@@ -7,7 +7,7 @@ from robustad.attacks.base import Attack, objective, random_start
 from robustad.registry import register_attack
 
 
-@register_attack("noise", white_box=False, description="uniform random δ in the ε-ball")
+@register_attack("noise", description="uniform random δ in the ε-ball")
 class UniformNoise(Attack):
     white_box = False
 

@@ -4,7 +4,7 @@ from robustad.attacks.base import Attack
 from robustad.registry import register_attack
 
 
-@register_attack("none", white_box=False, description="clean scores, the reference row")
+@register_attack("none", description="clean scores, the reference row")
 class NoAttack(Attack):
     white_box = False
 

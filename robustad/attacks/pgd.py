@@ -24,7 +24,7 @@ from robustad.attacks.base import (
 from robustad.registry import register_attack
 
 
-@register_attack("pgd", white_box=True, description="projected gradient ascent, best iterate")
+@register_attack("pgd", description="projected gradient ascent, best iterate")
 class PGD(Attack):
     def __init__(
         self,
@@ -69,7 +69,6 @@ class PGD(Attack):
 
 @register_attack(
     "eot-pgd",
-    white_box=True,
     description="PGD with the gradient averaged over draws (EOT), for stochastic detectors",
 )
 class EOTPGD(PGD):

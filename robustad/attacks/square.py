@@ -72,7 +72,6 @@ def run_square(
 
 @register_attack(
     "square",
-    white_box=False,
     description="Square Attack (Andriushchenko et al. 2020), score-based black box, query budget",
 )
 class Square(Attack):

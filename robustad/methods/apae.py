@@ -97,7 +97,6 @@ def feature_errors(x: Tensor, x_hat: Tensor) -> Tensor:
     "(Goodge, Hooi, Ng, Ng, IJCAI 2020)",
     year=2020,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=False,
     source="re-implementation for images of agoodge/APAE (tabular); the inner latent descent "
     "is unrolled for the attacks; BPDA only as surrogate_score (adaptive attacks)",

@@ -19,7 +19,6 @@ from robustad.registry import register_method
     paper="Mitigating Spurious Negative Pairs for Robust Industrial Anomaly Detection (ICLR 2025)",
     year=2025,
     adversarially_trained=True,
-    differentiable=True,
     pretrained=False,
 )
 class COBRA(ShiftedContrastiveDetector):

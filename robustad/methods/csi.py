@@ -19,7 +19,6 @@ from robustad.registry import register_method
     "(Tack et al., NeurIPS 2020)",
     year=2020,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=False,
 )
 class CSI(ShiftedContrastiveDetector):

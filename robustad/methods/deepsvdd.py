@@ -40,7 +40,6 @@ from robustad.registry import register_method
     paper="Deep One-Class Classification (Ruff et al., ICML 2018)",
     year=2018,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=False,
 )
 class DeepSVDD(Detector):

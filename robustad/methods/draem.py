@@ -531,7 +531,6 @@ def load_textures(folder: str | Path, channels: int, size: tuple[int, int]) -> T
     "(Zavrtanik, Kristan, Skočaj, ICCV 2021)",
     year=2021,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=False,
     localises=True,
     source="re-implementation of VitjanZ/DRAEM (model_unet.py, train_DRAEM.py, test_DRAEM.py, "

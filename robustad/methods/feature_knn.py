@@ -99,7 +99,6 @@ class GlobalFeatureKNN(wts.PretrainedBackbone, Detector):
     paper="Killing It With Zero-Shot: Adversarially Robust Novelty Detection (Mirzaei et al., ICASSP 2024)",
     year=2024,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=True,
     weights_found=lambda: wts.weights_status("resnet18"),
 )
@@ -172,7 +171,6 @@ def random_blur(
     paper="Mean-Shifted Contrastive Loss for Anomaly Detection (Reiss & Hoshen, AAAI 2023)",
     year=2023,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=True,
     weights_found=lambda: wts.weights_status("resnet152"),
 )

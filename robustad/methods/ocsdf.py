@@ -279,7 +279,6 @@ class LipschitzVGG(nn.Module):
     "Neural Networks (Béthune et al., ICML 2023)",
     year=2023,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=False,
     certified="L2 (score Lipschitz constant: lipschitz_l2)",
     our_choices="final Björck pass of final_bjorck_iters; declared L = domain width × max(1, exact "

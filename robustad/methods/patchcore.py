@@ -132,7 +132,6 @@ def anomalib_embedding(maps: list[Tensor]) -> Tensor:
     paper="Towards Total Recall in Industrial Anomaly Detection (Roth et al., CVPR 2022)",
     year=2022,
     adversarially_trained=False,
-    differentiable=True,
     pretrained=True,
     localises=True,
     weights_found=lambda: wts.weights_status("wide_resnet50_2"),

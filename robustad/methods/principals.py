@@ -139,7 +139,6 @@ class MovingPCA(nn.Module):
     paper="Adversarially Robust One-class Novelty Detection (Lo, Oza, Patel, TPAMI 2022)",
     year=2022,
     adversarially_trained=True,
-    differentiable=True,
     pretrained=False,
     source="re-implementation: no official code; structure from secondary summaries of the paper",
     our_choices="widths, pooling, eps_train, PGD steps, PCA rates 0.1, sign alignment, QR, "
