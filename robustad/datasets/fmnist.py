@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustad.datasets.base import OneClassData, check_class, one_class_split
+from robustad.datasets.base import DEFAULT_DATA_ROOT, OneClassData, check_class, one_class_split
 from robustad.datasets.idx import read_idx
 from robustad.errors import UserError
 from robustad.registry import register_dataset
@@ -25,7 +25,6 @@ FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_DOWNLOAD_ROOT = Path.home() / ".cache" / "robustad"
 CLASS_NAMES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -39,7 +38,7 @@ def candidate_dirs(data_root: str | None) -> list[Path]:
         dirs += [root / "FashionMNIST" / "raw", root, root / "fashion-mnist"]
     dirs.append(DEBIAN_DIR)
     if not data_root:  # where --download without --data-root puts the files
-        dirs.append(DEFAULT_DOWNLOAD_ROOT / "FashionMNIST" / "raw")
+        dirs.append(DEFAULT_DATA_ROOT / "FashionMNIST" / "raw")
     return dirs
 
 
@@ -53,7 +52,7 @@ def find_files(data_root: str | None) -> Path | None:
 def _download(data_root: str | None) -> Path:
     import torchvision
 
-    root = Path(data_root).expanduser() if data_root else DEFAULT_DOWNLOAD_ROOT
+    root = Path(data_root).expanduser() if data_root else DEFAULT_DATA_ROOT
     try:
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(root), train=False, download=True)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robustad.datasets.base import DEFAULT_DATA_ROOT
 from robustad.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -52,7 +53,7 @@ _MEMORY_BYTES_MAX = 2 * 1024**3  # a few categories at 224 px; evicted oldest fi
 
 def cache_dir() -> Path:
     """Folder for the on-disk cache: ``$ROBUSTAD_CACHE_DIR/images`` or ``~/.cache/robustad/images``."""
-    root = os.environ.get("ROBUSTAD_CACHE_DIR") or Path.home() / ".cache" / "robustad"
+    root = os.environ.get("ROBUSTAD_CACHE_DIR") or DEFAULT_DATA_ROOT
     return Path(root).expanduser() / "images"
 
 
