@@ -144,6 +144,14 @@ def search_dirs(data_root: str | None, subdirs: tuple[str, ...]) -> list[Path]:
     return [root / s if s else root for s in subdirs]
 
 
+def first_root_with(data_root: str | None, subdirs: tuple[str, ...], *folders: str) -> Path | None:
+    """The first of :func:`search_dirs` that holds every one of ``folders``, or None."""
+    for d in search_dirs(data_root, subdirs):
+        if all((d / f).is_dir() for f in folders):
+            return d
+    return None
+
+
 def class_index(name: str, normal_class: int | str, class_names: list[str]) -> int:
     """A normal class given as an index or as one of ``class_names`` → its index."""
     if isinstance(normal_class, str) and not normal_class.lstrip("-").isdigit():

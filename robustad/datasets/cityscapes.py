@@ -27,6 +27,7 @@ from robustad.datasets.base import (
     OneClassData,
     check_class,
     class_index,
+    first_root_with,
     looked_in,
     search_dirs,
     to_float_nchw,
@@ -49,10 +50,7 @@ DEFAULT_IMAGE_SIZE = 224
 
 
 def find_root(data_root: str | None) -> Path | None:
-    for d in search_dirs(data_root, SUBDIRS):
-        if (d / ID).is_dir() and (d / OOD).is_dir():
-            return d
-    return None
+    return first_root_with(data_root, SUBDIRS, ID, OOD)
 
 
 def split_id(files: list[Path]) -> tuple[list[Path], list[Path]]:

@@ -30,6 +30,7 @@ from robustad.datasets.base import (
     OneClassData,
     check_class,
     class_index,
+    first_root_with,
     looked_in,
     search_dirs,
     to_float_nchw,
@@ -57,10 +58,7 @@ DEFAULT_IMAGE_SIZE = 224
 
 
 def find_root(data_root: str | None) -> Path | None:
-    for d in search_dirs(data_root, SUBDIRS):
-        if (d / TRAIN).is_dir() and (d / TEST).is_dir():
-            return d
-    return None
+    return first_root_with(data_root, SUBDIRS, TRAIN, TEST)
 
 
 def class_images(folder: Path) -> list[Path]:
