@@ -332,7 +332,7 @@ def test_pixel_auroc_of_the_anomaly_map_through_bench_run_on_an_mvtec_tree(tmp_p
     write_mvtec(tmp_path / "mv", "bottle", n_train=16, n_good=4, defects={"crack": 4}, grey=True)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "method_params:\n  draem: {rec_width: 8, disc_width: 8, epochs: 15, batch_size: 8, lr: 0.001}\n"
+        "method_params:\n  draem: {rec_width: 8, disc_width: 8, epochs: 40, batch_size: 8, lr: 0.001}\n"
         "attack_params:\n  pgd: {steps: 5}\n  pgd-map: {steps: 5}\n"
         "dataset_params:\n  mvtec: {image_size: 32}\n"
     )
@@ -345,9 +345,14 @@ def test_pixel_auroc_of_the_anomaly_map_through_bench_run_on_an_mvtec_tree(tmp_p
         evals = {r["attack"]: r for r in store.jobs(kind="eval", status="done")}
         maps = store.maps(fit["job_id"])
     # DRÆM localises: its maps are stored at the images' size and score the defect pixels
+    # (15 epochs left the map near chance and its sign dependent on the thread count; 40 epochs
+    # converge to a pixel AUROC above 0.99 for 1 to 4 threads)
     assert maps["clean"].shape == (8, 32, 32)
-    assert fit["metrics"]["clean_pixel_auroc"] > 0.6
+    assert fit["metrics"]["clean_pixel_auroc"] > 0.9
     # attacking the image score never raises its AUROC; attacking the map lowers the pixel AUROC
     assert evals["pgd"]["metrics"]["adv_auroc"] <= fit["metrics"]["clean_auroc"]
     assert evals["pgd-map"]["metrics"]["adv_pixel_auroc"] < fit["metrics"]["clean_pixel_auroc"]
-    assert all(r["info"]["flags"] == [] for r in evals.values())
+    assert evals["pgd-map"]["info"]["flags"] == []
+    # a converged DRÆM's softmax saturates on this easy defect: PGD on the true image score
+    # sees zero gradients and the flag says so (aa's apgd-surrogate follows the logits instead)
+    assert evals["pgd"]["info"]["flags"] == ["zero-grad"]
