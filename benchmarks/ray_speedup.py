@@ -6,10 +6,11 @@ local with 1 torch thread, local with 2 threads, Ray (a private local Ray, one
 the speed-up over one-thread local, median and range over the repeats.
 
 Timings must be taken on an idle machine (nothing else on its cores): on a loaded
-one they measure the load. Expect about 1.6–1.9× for Ray over one-thread local on two
-cores; Ray's fixed start/stop cost is 6–8 s, so tiny grids are slower on Ray.
+one they measure the load. Measured on two idle cores (docs/SCALING.md): Ray 1.30×
+over one-thread local at 1,000 epochs per fit; Ray's fixed start/stop cost is 6–8 s,
+so grids of second-long fits are slower on Ray (0.54× at 30 epochs).
 
-    python benchmarks/ray_speedup.py                 # the measurement (~10 min on 2 cores)
+    python benchmarks/ray_speedup.py                 # the measurement (~7 min on 2 cores)
     python benchmarks/ray_speedup.py --smoke         # 2 classes, 1 epoch, once: it runs
 """
 
@@ -49,7 +50,8 @@ def one_run(way: str, classes: str, config: Path, workdir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30, help="Deep SVDD epochs per fit")
+    # 1,000 epochs: each fit takes a few seconds, so Ray's fixed start cost does not dominate
+    parser.add_argument("--epochs", type=int, default=1000, help="Deep SVDD epochs per fit")
     parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--smoke", action="store_true", help="2 classes, 1 epoch, once: check it runs")
     args = parser.parse_args()
