@@ -8,8 +8,6 @@ x_adv = ra.create_attack("pgd", steps=10).perturb(det, data.test_x, data.test_y,
 ra.auroc(det.score_batched(x_adv), data.test_y)
 """
 
-__version__ = "0.1.0"
-
 from robustad import attacks as _attacks  # noqa: E402,F401  (registers built-in attacks)
 from robustad import datasets as _datasets  # noqa: E402,F401
 from robustad import methods as _methods  # noqa: E402,F401
@@ -33,6 +31,7 @@ from robustad.registry import (  # noqa: E402
     register_method,
 )
 from robustad.threat import ThreatModel  # noqa: E402
+from robustad.version import __version__  # noqa: E402
 
 
 def create_method(name: str, **params) -> Detector:
@@ -46,6 +45,7 @@ def create_attack(name: str, **params) -> Attack:
 
 
 __all__ = [
+    "__version__",
     "ATTACKS", "DATASETS", "METHODS", "Attack", "Detector", "OneClassData", "RunContext",
     "ThreatModel", "UserError", "aupr", "auroc", "benchmark", "create_attack", "create_method",
     "fpr_at_tpr", "list_attacks", "list_datasets", "list_methods", "load_dataset", "load_plugin",

@@ -1,11 +1,17 @@
-"""The threat model: norm, budget ε (pixel units of [0,1] images) and attack mode."""
+"""The threat model: norm, budget ε (pixel units of [0,1] images), attack mode, and
+its geometry (per-sample norms, projection, random starts, steepest-ascent steps,
+the budget check), shared by the evaluation attacks and adversarial training."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 from robustad.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 NORMS = ("Linf", "L2")
 MODES = ("both", "normal", "anomaly")
@@ -70,3 +76,72 @@ class ThreatModel:
 
     def label(self) -> str:
         return f"{self.norm} ε={format_eps(self.eps)}"
+
+    # -- geometry --------------------------------------------------------------------
+    def size(self, delta: Tensor) -> Tensor:
+        """``‖δ‖`` per sample in this threat model's norm; shape (N,)."""
+        return per_sample_norm(delta, "inf" if self.norm == "Linf" else 2)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Project ``x_adv`` onto the ε-ball around ``x`` and then into the [0,1] box."""
+        import torch
+
+        delta = x_adv - x
+        if self.norm == "Linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            factor = torch.clamp(self.eps / (per_sample_norm(delta, 2) + 1e-12), max=1.0)
+            delta = delta * per_sample(factor, delta)
+        return (x + delta).clamp(0.0, 1.0)
+
+    def random_start(self, x: Tensor, generator: Any) -> Tensor:
+        """A uniform random point of the ε-ball around x, clipped to the box.
+
+        ``generator``: an object with ``draw(fn, shape)`` (the attacks' per-sample
+        ``SampleRNG``: batch-independent starts), a ``torch.Generator`` (adversarial
+        training: one stream for the batch) or None (torch's global stream).
+        """
+        import torch
+
+        if self.norm == "Linf":
+            u = _draw(torch.rand, tuple(x.shape), generator, x.device)
+            delta = (2 * u - 1) * self.eps
+        else:
+            # Uniform in the L2 ball: Gaussian direction, radius ε·U^(1/n).
+            g = _draw(torch.randn, tuple(x.shape), generator, x.device)
+            g = g / per_sample(per_sample_norm(g, 2) + 1e-12, g)
+            n = x[0].numel()
+            r = _draw(torch.rand, (x.shape[0],), generator, x.device) ** (1.0 / n)
+            delta = g * per_sample(r * self.eps, g)
+        return (x + delta).clamp(0.0, 1.0)
+
+    def ascent_direction(self, grad: Tensor) -> Tensor:
+        """Steepest-ascent unit step: the sign for L∞, the normalised gradient for L2."""
+        if self.norm == "Linf":
+            return grad.sign()
+        return grad / per_sample(per_sample_norm(grad, 2) + 1e-12, grad)
+
+    def check_budget(self, x_adv: Tensor, x: Tensor) -> None:
+        """Guard the protocol: an attack that leaves the threat model is a bug, not a result."""
+        size = self.size(x_adv - x)
+        if (size > self.eps * (1 + 1e-4) + 1e-6).any() or x_adv.min() < 0 or x_adv.max() > 1:
+            raise RuntimeError(f"attack left the threat model {self.label()} (max ‖δ‖ {size.max():.4g})")
+
+
+def per_sample_norm(v: Tensor, p: float | str) -> Tensor:
+    """The L∞ (``p="inf"``) or L2 norm of each sample of a batch; shape (N,)."""
+    flat = v.flatten(1)
+    if p == "inf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """A per-sample (N,) tensor shaped to broadcast against ``like`` (N, ...)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _draw(fn, shape: tuple[int, ...], generator: Any, device) -> Tensor:
+    if hasattr(generator, "draw"):  # per-sample generators
+        return generator.draw(fn, shape).to(device)
+    return fn(shape, generator=generator, device="cpu").to(device)

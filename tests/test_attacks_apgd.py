@@ -166,9 +166,9 @@ def test_quadratic_detector_center_is_a_buffer():
 
 
 def _fixed_start(monkeypatch):
-    import robustad.attacks.apgd as apgd_module
+    from robustad.threat import ThreatModel
 
-    monkeypatch.setattr(apgd_module, "random_start", lambda x, threat, generator: x.clone())
+    monkeypatch.setattr(ThreatModel, "random_start", lambda self, x, generator: x.clone())
 
 
 def test_apgd_trajectory_by_hand_momentum_and_halving(monkeypatch):

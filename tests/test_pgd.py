@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import robustad as ra
-from robustad.attacks.base import objective, project
+from robustad.attacks.base import objective
 from robustad.testing import LinearDetector, linear_worst_case
 
 
@@ -73,7 +73,7 @@ def test_projection_respects_ball_and_box():
     x = torch.rand(8, 3, 5, 5)
     far = x + torch.randn_like(x)
     for threat in (ra.ThreatModel("Linf", 0.05), ra.ThreatModel("L2", 0.3)):
-        p = project(far, x, threat)
+        p = threat.project(far, x)
         assert p.min() >= 0 and p.max() <= 1
         d = (p - x).flatten(1)
         size = d.abs().amax(1) if threat.norm == "Linf" else d.norm(dim=1)

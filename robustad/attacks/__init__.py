@@ -11,6 +11,6 @@ from robustad.attacks import (  # noqa: F401  (registration)
     square,
     torchattacks_adapter,
 )
-from robustad.attacks.base import Attack, BestPoint, objective, project
+from robustad.attacks.base import Attack, BestPoint, objective
 
-__all__ = ["Attack", "BestPoint", "objective", "project"]
+__all__ = ["Attack", "BestPoint", "objective"]

@@ -23,8 +23,9 @@ import math
 
 import torch
 
-from robustad.attacks.base import Attack, _view, ascent_direction, project, random_start
+from robustad.attacks.base import Attack
 from robustad.registry import register_attack
+from robustad.threat import per_sample
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -72,9 +73,9 @@ class APGD(Attack):
 
     def _single_run(self, oracle, x, y, threat, best, generator, checks) -> None:
         def where(mask, a, b):
-            return torch.where(_view(mask, a), a, b)
+            return torch.where(per_sample(mask, a), a, b)
 
-        x_cur = random_start(x, threat, generator)
+        x_cur = threat.random_start(x, generator)
         f_cur, g_cur = oracle(x_cur, y)
         best.update(x_cur, f_cur)
         x_prev = x_cur
@@ -86,8 +87,8 @@ class APGD(Attack):
         last_check = 0
         for k in range(self.steps):
             a = 1.0 if k == 0 else self.momentum
-            z = project(x_cur + _view(eta, x) * ascent_direction(g_cur, threat.norm), x, threat)
-            x_new = project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x, threat)
+            z = threat.project(x_cur + per_sample(eta, x) * threat.ascent_direction(g_cur), x)
+            x_new = threat.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - x_prev), x)
             f_new, g_new = oracle(x_new, y)
             best.update(x_new, f_new)
             increases += (f_new > f_cur).float()

@@ -1,5 +1,7 @@
-"""What every attack shares: the anomaly-score objective, the projection onto the
-threat model and the best-point bookkeeping (docs/THREAT_MODEL.md).
+"""What every attack shares: the anomaly-score objective, per-sample random draws,
+the gradient oracle and the best-point bookkeeping (docs/THREAT_MODEL.md). The
+threat model's geometry (projection, random starts, ascent steps) is
+``robustad.threat.ThreatModel``'s.
 
 The attacker solves, per sample, ``max d·s(x+δ)`` with ``d = +1`` for normal and
 ``-1`` for anomalous samples, ``‖δ‖_p ≤ ε`` and ``0 ≤ x+δ ≤ 1``. Every attack
@@ -30,29 +32,6 @@ def direction(y: Tensor) -> Tensor:
 def objective(scores: Tensor, y: Tensor) -> Tensor:
     """Per-sample attacker objective ``d·s``; shape (N,)."""
     return direction(y).to(scores.dtype) * scores
-
-
-def _per_sample_norm(v: Tensor, p: float | str) -> Tensor:
-    flat = v.flatten(1)
-    if p == "inf":
-        return flat.abs().amax(dim=1)
-    return flat.norm(p=2, dim=1)
-
-
-def _view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-def project(x_adv: Tensor, x: Tensor, threat: ThreatModel) -> Tensor:
-    """Project ``x_adv`` onto the ε-ball around ``x`` and then into the [0,1] box."""
-    delta = x_adv - x
-    if threat.norm == "Linf":
-        delta = delta.clamp(-threat.eps, threat.eps)
-    else:
-        norms = _per_sample_norm(delta, 2)
-        factor = torch.clamp(threat.eps / (norms + 1e-12), max=1.0)
-        delta = delta * _view(factor, delta)
-    return (x + delta).clamp(0.0, 1.0)
 
 
 class SampleRNG:
@@ -90,38 +69,6 @@ def _sample_seed(seed: int, data: bytes) -> int:
 
 #: where random starts come from: per sample (evaluation) or one stream (training)
 RandomSource = torch.Generator | SampleRNG | None
-
-
-def _draw(fn: Callable, shape: tuple[int, ...], generator: RandomSource, device) -> Tensor:
-    if isinstance(generator, SampleRNG):
-        return generator.draw(fn, shape).to(device)
-    return fn(shape, generator=generator, device="cpu").to(device)
-
-
-def random_start(x: Tensor, threat: ThreatModel, generator: RandomSource) -> Tensor:
-    """A uniform random point of the ε-ball around x, clipped to the box.
-
-    ``generator``: a :class:`SampleRNG` (evaluation attacks: batch-independent) or a
-    ``torch.Generator`` (adversarial training: one stream for the batch).
-    """
-    if threat.norm == "Linf":
-        u = _draw(torch.rand, tuple(x.shape), generator, x.device)
-        delta = (2 * u - 1) * threat.eps
-    else:
-        # Uniform in the L2 ball: Gaussian direction, radius ε·U^(1/n).
-        g = _draw(torch.randn, tuple(x.shape), generator, x.device)
-        g = g / _view(_per_sample_norm(g, 2) + 1e-12, g)
-        n = x[0].numel()
-        r = _draw(torch.rand, (x.shape[0],), generator, x.device) ** (1.0 / n)
-        delta = g * _view(r * threat.eps, g)
-    return (x + delta).clamp(0.0, 1.0)
-
-
-def ascent_direction(grad: Tensor, norm: str) -> Tensor:
-    """Steepest-ascent unit step for the norm: sign for L∞, normalised gradient for L2."""
-    if norm == "Linf":
-        return grad.sign()
-    return grad / _view(_per_sample_norm(grad, 2) + 1e-12, grad)
 
 
 def objective_and_grad(score_fn: ScoreFn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 import torch
 
-from robustad.attacks.base import Attack, ascent_direction, objective, objective_and_grad, project
+from robustad.attacks.base import Attack, objective, objective_and_grad
 from robustad.registry import register_attack
 
 
@@ -13,6 +13,6 @@ class FGSM(Attack):
 
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
         _, grad = objective_and_grad(score_fn, x, y)
-        x_adv = project(x + threat.eps * ascent_direction(grad, threat.norm), x, threat)
+        x_adv = threat.project(x + threat.eps * threat.ascent_direction(grad), x)
         with torch.no_grad():
             best.update(x_adv, objective(score_fn(x_adv), y))

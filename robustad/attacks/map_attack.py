@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustad.attacks.base import Attack, SampleRNG, ascent_direction, project, random_start
+from robustad.attacks.base import Attack, SampleRNG
 from robustad.errors import UserError
 from robustad.registry import register_attack
 from robustad.threat import ThreatModel
@@ -71,7 +71,7 @@ class MapPGD(Attack):
             rng = SampleRNG(x, self.seed)
             self.stats = {}
             for _ in range(self.restarts):
-                x_adv = random_start(x, threat, rng)
+                x_adv = threat.random_start(x, rng)
                 for _ in range(self.steps + 1):
                     x_req = x_adv.detach().requires_grad_(True)
                     with torch.enable_grad():
@@ -80,7 +80,7 @@ class MapPGD(Attack):
                     better = value.detach() > best_value
                     best_x[better] = x_adv.detach()[better]
                     best_value = torch.where(better, value.detach(), best_value)
-                    x_adv = project(x_adv + alpha * ascent_direction(grad, threat.norm), x, threat)
+                    x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
             with torch.no_grad():
                 self.adv_scores = detector.score(best_x)
             self.stats["map_objective_gain"] = float((best_value - map_objective(clean_maps, w)).mean())

@@ -3,7 +3,7 @@ move AUROC. Like every attack it keeps the best of its draws and the clean input
 
 import torch
 
-from robustad.attacks.base import Attack, objective, random_start
+from robustad.attacks.base import Attack, objective
 from robustad.registry import register_attack
 
 
@@ -18,5 +18,5 @@ class UniformNoise(Attack):
     def _run(self, detector, score_fn, x, y, threat, best, generator) -> None:
         with torch.no_grad():
             for _ in range(self.draws):
-                x_rand = random_start(x, threat, generator)
+                x_rand = threat.random_start(x, generator)
                 best.update(x_rand, objective(score_fn(x_rand), y))

@@ -16,10 +16,7 @@ import torch
 
 from robustad.attacks.base import (
     Attack,
-    ascent_direction,
     objective,
-    project,
-    random_start,
 )
 from robustad.registry import register_attack
 
@@ -56,13 +53,13 @@ class PGD(Attack):
         alpha = self.step_size(threat.eps)
         oracle = self.gradient_oracle(detector, score_fn, self.adaptive, self.eot_draws, self.always_eot)
         for _ in range(self.restarts):
-            x_adv = random_start(x, threat, generator) if self.random_start else x.clone()
+            x_adv = threat.random_start(x, generator) if self.random_start else x.clone()
             for _ in range(self.steps):
                 # The objective at x_adv comes with its gradient, so the best-point
                 # update costs no extra forward pass.
                 obj, grad = oracle(x_adv, y)
                 best.update(x_adv, obj)
-                x_adv = project(x_adv + alpha * ascent_direction(grad, threat.norm), x, threat)
+                x_adv = threat.project(x_adv + alpha * threat.ascent_direction(grad), x)
             with torch.no_grad():  # the final iterate has not been scored yet
                 best.update(x_adv, objective(score_fn(x_adv), y))
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from robustad.attacks.adapter import TwoLogitView, ViewBatchError
-from robustad.attacks.base import Attack, direction, objective, project, seeded_global_rng
+from robustad.attacks.base import Attack, direction, objective, seeded_global_rng
 from robustad.errors import UnknownNameError, UserError
 from robustad.registry import ATTACKS, Entry
 from robustad.threat import NORMS
@@ -167,7 +167,7 @@ class TorchAttacksAttack(Attack):
         detector.eval()  # the view never left eval mode; make sure of it before judging
         # torchattacks' norms and projections are its own: clip back into the threat
         # model so a loose attack cannot leave it (a no-op for well-behaved ones).
-        x_ta = project(x_ta.to(x.dtype).reshape(x.shape), x, threat)
+        x_ta = threat.project(x_ta.to(x.dtype).reshape(x.shape), x)
         with torch.no_grad():
             best.update(x_ta, objective(score_fn(x_ta), y))
 

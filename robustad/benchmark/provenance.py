@@ -36,7 +36,7 @@ def library_versions() -> dict[str, str]:
 
     import sklearn
 
-    from robustad import __version__
+    from robustad.version import __version__
 
     versions = {
         "robustad": __version__,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robustad.attacks.base import ascent_direction, project, random_start
 from robustad.threat import ThreatModel
 
 
@@ -21,16 +20,16 @@ def pgd_on_loss(
 
     ``loss_fn``: (N,C,H,W) → (N,) per-sample losses; ascends ``sign · loss`` (``sign
     = -1`` minimises). Gradients go to the input only. Projection and random start
-    are the evaluation attacks' helpers (robustad.attacks.base), so both use the same
+    are ``ThreatModel``'s, as for the evaluation attacks, so both use the same
     threat-model geometry.
     """
     threat = ThreatModel("Linf", eps)
     alpha = 2.5 * eps / steps
     x = x.detach()
-    x_adv = random_start(x, threat, generator)
+    x_adv = threat.random_start(x, generator)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(sign * loss_fn(x_adv).sum(), x_adv)
-        x_adv = project(x_adv.detach() + alpha * ascent_direction(grad, "Linf"), x, threat)
+        x_adv = threat.project(x_adv.detach() + alpha * threat.ascent_direction(grad), x)
     return x_adv.detach()
