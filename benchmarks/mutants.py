@@ -329,13 +329,25 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_pixel_level.py::test_map_attack_reaches_the_closed_form_optimum",),
         "the map attack helps localisation instead of attacking it",
     ),
+    Mutant(
+        "budget-check-off",
+        (
+            (
+                "robustad/threat.py",
+                "        if (size > self.eps * (1 + 1e-4) + 1e-6).any() or x_adv.min() < 0 or x_adv.max() > 1:\n",  # noqa: E501
+                "        if False:  # mutant\n",
+            ),
+        ),
+        ("tests/test_pgd.py::test_budget_check_refuses_points_outside_the_ball_or_the_box",),
+        "an attack that leaves the ε-ball or the box is stored as a result",
+    ),
 )
 
 CANARY = Mutant(
     "canary",
     (
         (
-            "robustad/__init__.py",
+            "robustad/version.py",
             '__version__ = "',
             'raise RuntimeError("mutation-harness canary")\n__version__ = "',
         ),

@@ -8,6 +8,7 @@ import torch
 import robustad as ra
 from robustad.attacks.base import objective
 from robustad.testing import LinearDetector, linear_worst_case
+from robustad.threat import ThreatModel
 
 
 def _batch(n=40, c=1, h=6, w=6, lo=0.0, hi=1.0, seed=0):
@@ -146,3 +147,20 @@ def test_pgd_returns_its_best_iterate_when_the_last_is_worse():
     assert torch.allclose(got, torch.full((6,), -n_pix * (alpha / 4) ** 2), atol=1e-7)
     last = objective(det.score(x), y)  # the last iterate is the start
     assert (got > last + n_pix * alpha**2 / 4).all()
+
+
+def test_budget_check_refuses_points_outside_the_ball_or_the_box():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    linf = ThreatModel("Linf", 0.1)
+    linf.check_budget(x + 0.1, x)  # on the sphere: inside the threat model
+    with pytest.raises(RuntimeError, match="left the threat model"):
+        linf.check_budget(x + 0.11, x)
+    with pytest.raises(RuntimeError, match="left the threat model"):
+        linf.check_budget(torch.zeros_like(x) - 0.01, torch.zeros_like(x))  # in the ball, out of the box
+    l2 = ThreatModel("L2", 0.5)
+    step = torch.zeros_like(x)
+    step[:, 0, 0, 0] = 0.5  # ‖δ‖₂ = 0.5 exactly
+    l2.check_budget(x + step, x)
+    with pytest.raises(RuntimeError, match="left the threat model"):
+        l2.check_budget(x + 1.2 * step, x)
+    assert torch.allclose(l2.size(step), torch.tensor([0.5, 0.5]))
