@@ -274,6 +274,15 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("imagefolder", "wasps", str(tmp_path / "a"), image_size=16)
     with pytest.raises(UserError, match="is not a folder"):
         load_dataset("imagefolder", 0, str(tmp_path / "none"), image_size=16)
+    # train and test are decoded apart (one_class_tree's split_cache): a grey training set
+    # against RGB test images is named, and mode: RGB loads both alike
+    fx.write_imagefolder(tmp_path / "s", {"benign": 3, "malignant": 2}, split=True)
+    for f in (tmp_path / "s" / "train" / "benign").iterdir():
+        _grey(f)
+    with pytest.raises(UserError, match="differ in colour"):
+        load_dataset("imagefolder", "benign", str(tmp_path / "s"), image_size=16)
+    data = load_dataset("imagefolder", "benign", str(tmp_path / "s"), image_size=16, mode="RGB")
+    assert data.train_x.shape == (3, 3, 16, 16) and data.test_x.shape == (5, 3, 16, 16)
 
 
 def test_imagefolder_needs_explicit_classes_in_a_run(tmp_path, capsys):

@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustad.datasets.base import (
     OneClassData,
@@ -30,9 +29,8 @@ from robustad.datasets.base import (
     first_root_with,
     looked_in,
     search_dirs,
-    to_float_nchw,
 )
-from robustad.datasets.images import check_image_size, list_images_tree, load_images
+from robustad.datasets.images import check_image_size, list_images_tree, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -107,20 +105,7 @@ def load_cityscapes(
     ood = _frames(root / OOD, least=1)
     test_files = id_test + ood
     labels = np.array([0] * len(id_test) + [1] * len(ood), dtype=np.int64)
-    stats: dict = {}
-    images, _ = load_images(train_files + test_files, image_size, mode, stats=stats)
+    data = one_class_tree("cityscapes", 0, ID, train_files, test_files, labels, image_size, mode, source=root)
     n = len(train_files)
-    data = OneClassData(
-        name="cityscapes",
-        normal_class=0,
-        train_x=to_float_nchw(images[:n]),
-        test_x=to_float_nchw(images[n:]),
-        test_y=torch.from_numpy(labels),
-        class_name=ID,
-    )
-    data.info.update(
-        source=str(root),
-        split=f"{ID}: {n} train / {len(id_test)} test (seed {SPLIT_SEED}); {OOD}: {len(ood)} test",
-        cache=stats.get("source"),
-    )
+    data.info["split"] = f"{ID}: {n} train / {len(id_test)} test (seed {SPLIT_SEED}); {OOD}: {len(ood)} test"
     return data

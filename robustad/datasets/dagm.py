@@ -38,9 +38,8 @@ from robustad.datasets.base import (
     class_index,
     looked_in,
     search_dirs,
-    to_float_nchw,
 )
-from robustad.datasets.images import check_image_size, image_size_of, list_images, load_images
+from robustad.datasets.images import check_image_size, image_size_of, list_images, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -228,29 +227,12 @@ def load_dagm(
             f"{root / cls / 'Test' / LABELS}; the test split needs both"
         )
     mask_files = [test_defects[f.name].mask if f.name in test_defects else None for f in test_files]
-    # One call for both splits: one cache file per class, one colour mode for both.
-    stats: dict = {}
-    images, masks = load_images(
-        train_files + test_files, image_size, mode, [None] * len(train_files) + mask_files, stats=stats
-    )
-    n = len(train_files)
-    test_masks = masks[n:].copy()  # the cached array stays as read from the files
-    for i, f in enumerate(test_files):
+    data = one_class_tree("dagm", index, cls, train_files, test_files, labels, image_size, mode,
+                          source=root / cls, test_mask_files=mask_files)  # fmt: skip
+    for i, f in enumerate(test_files):  # defects without a mask file: the labels' ellipse
         d = test_defects.get(f.name)
         if d is not None and d.mask is None:
-            test_masks[i] = ellipse_mask(d.ellipse, image_size_of(f), test_masks.shape[1:])
-    data = OneClassData(
-        name="dagm",
-        normal_class=index,
-        train_x=to_float_nchw(images[:n]),
-        test_x=to_float_nchw(images[n:]),
-        test_y=torch.from_numpy(labels),
-        test_masks=torch.from_numpy(test_masks).float(),
-        class_name=cls,
-    )
-    data.info.update(
-        source=str(root / cls),
-        train_defective_left_out=len(train_all) - n,
-        cache=stats.get("source"),
-    )
+            ellipse = ellipse_mask(d.ellipse, image_size_of(f), tuple(data.test_masks.shape[1:]))
+            data.test_masks[i] = torch.from_numpy(ellipse).float()
+    data.info["train_defective_left_out"] = len(train_all) - len(train_files)
     return data

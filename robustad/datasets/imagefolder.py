@@ -27,10 +27,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from robustad.datasets.base import OneClassData, class_index, to_float_nchw
-from robustad.datasets.images import check_image_size, list_images, load_images
+from robustad.datasets.base import OneClassData, class_index
+from robustad.datasets.images import check_image_size, list_images, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -149,28 +148,7 @@ def load_imagefolder(
         raise UserError(f"the imagefolder dataset reads the tree given by --data-root; pass one ({LAYOUT})")
     root = Path(data_root).expanduser()
     index, names, train_files, test_files, labels = list_split(root, normal_class, test_fraction)
-    train_stats: dict = {}
-    test_stats: dict = {}
-    train, _ = load_images(train_files, image_size, mode, stats=train_stats)
-    test, _ = load_images(test_files, image_size, mode, stats=test_stats)
-    if train.ndim != test.ndim:
-        raise UserError(
-            f"the training images of {names[index]!r} are {'grey' if train.ndim == 3 else 'RGB'} "
-            f"but the test images are {'grey' if test.ndim == 3 else 'RGB'}; "
-            "set the dataset parameter mode: RGB (or L)"
-        )
-    if train.shape[1:] != test.shape[1:]:
-        raise UserError(
-            f"training and test images of {root} differ in size; set the dataset parameter image_size"
-        )
-    data = OneClassData(
-        name="imagefolder",
-        normal_class=index,
-        train_x=to_float_nchw(train),
-        test_x=to_float_nchw(test),
-        test_y=torch.from_numpy(labels),
-        class_name=names[index],
-    )
-    cache = {"train": train_stats.get("source"), "test": test_stats.get("source")}
-    data.info.update(source=str(root), classes=names, cache=cache)
+    data = one_class_tree("imagefolder", index, names[index], train_files, test_files, labels, image_size,
+                          mode, source=root, split_cache=True)  # fmt: skip
+    data.info["classes"] = names
     return data

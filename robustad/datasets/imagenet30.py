@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustad.datasets.base import (
     OneClassData,
@@ -33,9 +32,8 @@ from robustad.datasets.base import (
     first_root_with,
     looked_in,
     search_dirs,
-    to_float_nchw,
 )
-from robustad.datasets.images import check_image_size, list_images_tree, load_images
+from robustad.datasets.images import check_image_size, list_images_tree, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -113,25 +111,10 @@ def load_imagenet30(
         files = class_images(root / TEST / name)
         test_files += files
         test_classes += [name] * len(files)
-    # Two cache entries: the test split is the same for every normal class, so it is decoded once.
-    train_stats: dict = {}
-    test_stats: dict = {}
-    train, _ = load_images(train_files, image_size, mode, stats=train_stats, resize="crop")
-    test, _ = load_images(test_files, image_size, mode, stats=test_stats, resize="crop")
-    if train.shape[1:] != test.shape[1:]:
-        raise UserError(
-            f"the training and test images of {root} differ in size or colour; set the dataset "
-            "parameters image_size and mode: RGB"
-        )
+    # Two cache entries (split_cache): the test split is the same for every normal class,
+    # so it is decoded once.
     labels = np.array([c != normal for c in test_classes], dtype=np.int64)
-    data = OneClassData(
-        name="imagenet30",
-        normal_class=index,
-        train_x=to_float_nchw(train),
-        test_x=to_float_nchw(test),
-        test_y=torch.from_numpy(labels),
-        class_name=normal,
-    )
-    cache = {"train": train_stats.get("source"), "test": test_stats.get("source")}
-    data.info.update(source=str(root), test_classes=test_classes, cache=cache)
+    data = one_class_tree("imagenet30", index, normal, train_files, test_files, labels, image_size, mode,
+                          source=root, resize="crop", split_cache=True)  # fmt: skip
+    data.info["test_classes"] = test_classes
     return data

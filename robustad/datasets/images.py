@@ -38,8 +38,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from robustad.datasets.base import DEFAULT_DATA_ROOT
+from robustad.datasets.base import DEFAULT_DATA_ROOT, OneClassData, to_float_nchw
 from robustad.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -299,3 +300,68 @@ def load_images(
         _remember(key, value)
     stats["source"] = "decoded"
     return value
+
+
+def one_class_tree(
+    name: str,
+    normal_class: int,
+    class_name: str,
+    train_files: list[Path],
+    test_files: list[Path],
+    test_labels: np.ndarray,
+    image_size: int | None,
+    mode: str,
+    *,
+    source: Path | str,
+    test_mask_files: list[Path | None] | None = None,
+    resize: str = "stretch",
+    split_cache: bool = False,
+) -> OneClassData:
+    """The one-class protocol on files: decode, resize and cache them, and wrap them.
+
+    Every image-tree dataset ends here once it has listed its files. By default one
+    :func:`load_images` call reads both splits: one cache file per normal class, and
+    the first training image fixes the colour mode of both (a grey model cannot score
+    RGB images). ``split_cache=True`` decodes the test split on its own, for datasets
+    whose test split is the same for every normal class (it is then decoded once);
+    the two splits must then agree in size and colour. ``test_mask_files``: a mask
+    file (or None: all zero) per test image, or None when the dataset has no masks.
+    ``data.info`` records the source folder and where the images came from (``cache``).
+    """
+    n = len(train_files)
+    if split_cache:
+        if test_mask_files is not None:
+            raise ValueError("split_cache reads no masks")
+        train_stats: dict = {}
+        test_stats: dict = {}
+        train, _ = load_images(train_files, image_size, mode, stats=train_stats, resize=resize)
+        test, _ = load_images(test_files, image_size, mode, stats=test_stats, resize=resize)
+        if train.shape[1:] != test.shape[1:]:
+            what = "colour (grey against RGB)" if train.ndim != test.ndim else "size"
+            raise UserError(
+                f"the training and test images of {source} differ in {what}; set the dataset "
+                "parameters image_size and mode: RGB (or L) to load both alike"
+            )
+        masks = None
+        cache: object = {"train": train_stats.get("source"), "test": test_stats.get("source")}
+    else:
+        stats: dict = {}
+        all_masks = None if test_mask_files is None else [None] * n + list(test_mask_files)
+        images, all_mask_arr = load_images(
+            list(train_files) + list(test_files), image_size, mode, all_masks, stats=stats, resize=resize
+        )
+        train, test = images[:n], images[n:]
+        masks = None if all_mask_arr is None else all_mask_arr[n:]
+        cache = stats.get("source")
+    data = OneClassData(
+        name=name,
+        normal_class=int(normal_class),
+        train_x=to_float_nchw(train),
+        test_x=to_float_nchw(test),
+        test_y=torch.from_numpy(np.asarray(test_labels, dtype=np.int64)),
+        # a copy: callers may edit the masks, the cached array must stay as read
+        test_masks=None if masks is None else torch.tensor(masks, dtype=torch.float32),
+        class_name=class_name,
+    )
+    data.info.update(source=str(source), cache=cache)
+    return data

@@ -23,7 +23,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustad.datasets.base import (
     OneClassData,
@@ -31,9 +30,8 @@ from robustad.datasets.base import (
     class_index,
     looked_in,
     search_dirs,
-    to_float_nchw,
 )
-from robustad.datasets.images import check_image_size, load_images
+from robustad.datasets.images import check_image_size, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -144,18 +142,8 @@ def load_isic2018(
     labels = np.array([d != NORMAL for d in test_diag], dtype=np.int64)
     if len(labels) == 0 or labels.min() == labels.max():
         raise UserError(f"{split_paths(root, test_split)[1]} needs both NV and other diagnoses")
-    stats: dict = {}
-    images, _ = load_images(train_files + test_files, image_size, mode, stats=stats)
-    n = len(train_files)
-    data = OneClassData(
-        name="isic2018",
-        normal_class=0,
-        train_x=to_float_nchw(images[:n]),
-        test_x=to_float_nchw(images[n:]),
-        test_y=torch.from_numpy(labels),
-        class_name=NORMAL,
+    data = one_class_tree(
+        "isic2018", 0, NORMAL, train_files, test_files, labels, image_size, mode, source=root
     )
-    data.info.update(
-        source=str(root), test_split=test_split, test_diagnoses=test_diag, cache=stats.get("source")
-    )
+    data.info.update(test_split=test_split, test_diagnoses=test_diag)
     return data

@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustad.datasets.base import (
     DEFAULT_DATA_ROOT,
@@ -31,9 +30,8 @@ from robustad.datasets.base import (
     class_index,
     looked_in,
     search_dirs,
-    to_float_nchw,
 )
-from robustad.datasets.images import check_image_size, list_images, load_images
+from robustad.datasets.images import check_image_size, list_images, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -66,19 +64,15 @@ def _need_images(folder: Path) -> list[Path]:
 
 
 def read_tree(
-    name: str,
-    category_dir: Path,
-    image_size: int | None,
-    mode: str,
-    masks: str,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[str], dict]:
-    """Read one MVTec-like category.
+    name: str, category_dir: Path, masks: str
+) -> tuple[list[Path], list[Path], np.ndarray, list[Path | None] | None, list[str]]:
+    """List one MVTec-like category's files.
 
     ``masks``: ``required`` (every defect image needs its mask), ``optional``
     (masks if ``ground_truth/`` exists, else none).
-    Returns train uint8 images, test uint8 images, test labels (M,) int64,
-    test masks uint8 (M,H,W) or None, the defect folder of each test image, and
-    cache diagnostics.
+    Returns the training files, the test files, test labels (M,) int64, the mask
+    file of each test image (None for good ones) or None, and the defect folder of
+    each test image.
     """
     _need_dir(category_dir, name)
     _need_dir(category_dir / "train" / "good", name)
@@ -111,30 +105,16 @@ def read_tree(
             if not m.is_file():
                 raise UserError(f"mask {m} is missing for {f}; {name} needs the layout {LAYOUT}")
             mask_files.append(m)
-    # One call for train and test: one cache file per category, and the first training
-    # image fixes the colour mode for both splits (a grey model cannot score RGB images).
-    stats: dict = {}
-    all_masks = None if mask_files is None else [None] * len(train_files) + mask_files
-    images, all_masks_arr = load_images(train_files + test_files, image_size, mode, all_masks, stats=stats)
-    n = len(train_files)
-    test_masks = None if all_masks_arr is None else all_masks_arr[n:]
-    return images[:n], images[n:], labels, test_masks, defects, {"cache": stats.get("source")}
+    return train_files, test_files, labels, mask_files, defects
 
 
 def tree_data(
     name: str, normal_class: int, class_name: str, category_dir: Path, image_size, mode, masks
 ) -> OneClassData:
-    train, test, labels, test_masks, defects, info = read_tree(name, category_dir, image_size, mode, masks)
-    data = OneClassData(
-        name=name,
-        normal_class=normal_class,
-        train_x=to_float_nchw(train),
-        test_x=to_float_nchw(test),
-        test_y=torch.from_numpy(labels),
-        test_masks=None if test_masks is None else torch.from_numpy(test_masks).float(),
-        class_name=class_name,
-    )
-    data.info.update(source=str(category_dir), test_defects=defects, **info)
+    train_files, test_files, labels, mask_files, defects = read_tree(name, category_dir, masks)
+    data = one_class_tree(name, normal_class, class_name, train_files, test_files, labels, image_size, mode,
+                          source=category_dir, test_mask_files=mask_files)  # fmt: skip
+    data.info["test_defects"] = defects
     return data
 
 

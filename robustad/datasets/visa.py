@@ -16,7 +16,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustad.datasets.base import (
     OneClassData,
@@ -24,9 +23,8 @@ from robustad.datasets.base import (
     class_index,
     looked_in,
     search_dirs,
-    to_float_nchw,
 )
-from robustad.datasets.images import check_image_size, load_images
+from robustad.datasets.images import check_image_size, one_class_tree
 from robustad.errors import UserError
 from robustad.registry import register_dataset
 
@@ -136,19 +134,5 @@ def load_visa(
         )
     obj = OBJECTS[index]
     train_files, test_files, labels, mask_files = read_split(root, obj)
-    stats: dict = {}
-    images, masks = load_images(
-        train_files + test_files, image_size, mode, [None] * len(train_files) + mask_files, stats=stats
-    )
-    n = len(train_files)
-    data = OneClassData(
-        name="visa",
-        normal_class=index,
-        train_x=to_float_nchw(images[:n]),
-        test_x=to_float_nchw(images[n:]),
-        test_y=torch.from_numpy(labels),
-        test_masks=torch.from_numpy(masks[n:]).float(),
-        class_name=obj,
-    )
-    data.info.update(source=str(root), cache=stats.get("source"))
-    return data
+    return one_class_tree("visa", index, obj, train_files, test_files, labels, image_size, mode,
+                          source=root, test_mask_files=mask_files)  # fmt: skip
