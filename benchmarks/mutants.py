@@ -129,7 +129,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "identity-view-clamped",
         (
             (
-                "robustad/methods/contrastive.py",
+                "robustad/methods/views.py",
                 "    if not bool(no_jitter.all()):\n"
                 "        jittered = colour_jitter(x, p[:, 5], p[:, 6], p[:, 7], p[:, 8])\n"
                 "        x = torch.where(no_jitter.view(-1, 1, 1, 1), x, jittered)\n",

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 import robustad.methods  # noqa: F401  (registration)
 from robustad.datasets import load_dataset
 from robustad.methods.base import RunContext, load_detector_state, save_detector
-from robustad.methods.contrastive import (
+from robustad.methods.contrastive_loss import (
     LOG_FLOOR,
     cobra_loss,
     opposite_pairs,
     positive_mask,
 )
+from robustad.methods.contrastive_training import ContrastiveTrainer
 from robustad.registry import METHODS
 
 TINY = dict(width=4, blocks=(1, 1), proj_dim=8, batch_size=16, lr=0.05, warmup_epochs=0, test_views=2)
@@ -160,11 +161,12 @@ def test_inter_group_attack_pulls_toward_opposite_and_intra_group_pushes_from_po
     model.eps_train, model.train_attack_steps = eps, 5
     gen = torch.Generator().manual_seed(1)
     x = digits.train_x[:b]
-    v1 = model._expand_and_augment(x, gen)
-    v2 = model._expand_and_augment(x, gen)
+    trainer = ContrastiveTrainer(model)
+    v1 = trainer.expand_and_augment(x, gen)
+    v2 = trainer.expand_and_augment(x, gen)
     perm = torch.tensor([1, 2, 3, 0])  # a derangement: group g is pulled toward group perm[g]
     try:
-        a_p, a_n, _ = model.training_attacks(v1, v2, b, gen, perm=perm)
+        a_p, a_n, _ = trainer.training_attacks(v1, v2, b, gen, perm=perm)
     finally:
         model.eps_train, model.train_attack_steps = "auto", 2
     model.eval()
@@ -242,7 +244,7 @@ def test_short_training_lowers_the_loss(method, digits):
 
 
 def test_test_views_are_fixed_and_one_view_is_the_unaugmented_centre_crop():
-    from robustad.methods.contrastive import apply_light_aug
+    from robustad.methods.views import apply_light_aug
 
     one = METHODS.create("csi", **{**TINY, "test_views": 1, "test_crop_scale": 1.0})
     one.build((1, 28, 28))

@@ -17,8 +17,7 @@ from robustad.attacks.reliability import BOX_MASKING, job_flags
 from robustad.datasets import load_dataset
 from robustad.methods.base import Detector, RunContext
 from robustad.methods.box import clamp_box
-from robustad.methods.contrastive import apply_light_aug
-from robustad.methods.pseudo_anomalies import colour_jitter
+from robustad.methods.views import apply_light_aug, colour_jitter
 from robustad.registry import METHODS
 from robustad.testing import LinearDetector
 

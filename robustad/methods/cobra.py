@@ -29,7 +29,7 @@ class COBRA(ShiftedContrastiveDetector):
     training attacks' steps and projections stay float32)."""
 
     # 2: the loss takes the release's normalisation (sum over positives, opposite
-    # pairs summed into the same 1/N; see contrastive.cobra_loss). 3: augmentation rows
+    # pairs summed into the same 1/N; see contrastive_loss.cobra_loss). 3: augmentation rows
     # without jitter skip it, and the training attacks see the gradient at the box
     # bounds (methods/box.py)
     fit_version = 3

@@ -1,7 +1,9 @@
 """CSI: contrastive learning with shifted instances (Tack et al., NeurIPS 2020).
 
 COBRA's non-robust parent: the same encoder, heads, light augmentations, group
-transforms and anomaly score (all in :mod:`robustad.methods.contrastive`), trained
+transforms and anomaly score (the model and score in
+:mod:`robustad.methods.contrastive`, the views in :mod:`robustad.methods.views`,
+the training loop in :mod:`robustad.methods.contrastive_training`), trained
 on clean views only with multi-positive NT-Xent (no opposite-pair term) plus the
 group-classification cross entropy.
 """

@@ -82,7 +82,7 @@ from torch import Tensor, nn
 
 from robustad.errors import UserError
 from robustad.methods.base import Detector, RunContext, seeded_fit_start, store_hparams
-from robustad.methods.pseudo_anomalies import grey, hue_rotate
+from robustad.methods.views import grey, hue_rotate
 from robustad.registry import register_method
 
 # -- Perlin noise and the simulated anomalies -------------------------------------------------

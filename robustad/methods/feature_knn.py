@@ -27,7 +27,8 @@ from robustad.methods import knn
 from robustad.methods import weights as wts
 from robustad.methods.backbones import ImageNetInput, ResNetLayers
 from robustad.methods.base import Detector, RunContext, seeded_fit_start, store_hparams
-from robustad.methods.contrastive import apply_light_aug, log_softmax_offdiag, sample_light_aug_params
+from robustad.methods.contrastive_loss import log_softmax_offdiag
+from robustad.methods.views import apply_light_aug, sample_light_aug_params
 from robustad.registry import register_method
 
 

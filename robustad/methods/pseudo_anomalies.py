@@ -9,6 +9,10 @@ Every transform takes images (N,C,H,W) in [0,1] and a ``torch.Generator`` and is
 deterministic given the generator's seed. ``shared=True`` draws one set of random
 parameters and applies it to every image, which the anomaly scores of COBRA/CSI
 need (the score must depend on the image alone, not on a per-call random draw).
+
+The colour and geometry primitives the transforms are built from (rotation, affine
+resampling, colour jitter, greyscale, the random helpers) live in
+:mod:`robustad.methods.views`, beside the light augmentations.
 """
 
 from __future__ import annotations
@@ -20,35 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustad.methods.box import clamp_box
+from robustad.methods.views import _affine_sample, _expand, _rand, colour_jitter, grey, rotate
 
 TRANSFORMS = ("rotation", "scar", "cutout", "permutation", "elastic")
-
-
-def _rand(n: int, generator: torch.Generator | None, low: float = 0.0, high: float = 1.0) -> Tensor:
-    # Always drawn on the CPU so a seed gives the same parameters on every device.
-    return low + (high - low) * torch.rand(n, generator=generator)
-
-
-def _expand(params: Tensor, n: int, shared: bool) -> Tensor:
-    return params[:1].expand(n, *params.shape[1:]) if shared else params
-
-
-def rotate(x: Tensor, quarter_turns: int) -> Tensor:
-    """Rotation by ``quarter_turns`` × 90° (counter-clockwise); exact, no interpolation."""
-    return torch.rot90(x, quarter_turns, dims=(-2, -1))
-
-
-def grey(x: Tensor) -> Tensor:
-    """ITU-R 601 luma, (N,1,H,W); grey images are returned as they are."""
-    if x.shape[1] == 1:
-        return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
-
-
-def _affine_sample(x: Tensor, theta: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def scar_components(
@@ -141,61 +119,6 @@ def scar(x: Tensor, generator: torch.Generator | None = None, shared: bool = Fal
     """CutPaste "scar" (Li et al., CVPR 2021): paste a transformed thin patch elsewhere."""
     patch, mask, _ = scar_components(x, generator, shared)
     return clamp_box(x * (1 - mask) + patch)
-
-
-def colour_jitter(
-    x: Tensor,
-    brightness: Tensor,
-    contrast: Tensor,
-    saturation: Tensor,
-    hue: Tensor,
-    region: Tensor | None = None,
-) -> Tensor:
-    """Per-image colour jitter, differentiable in x. Factors are (N,) tensors.
-
-    brightness multiplies; contrast blends with the mean grey level (of ``region``
-    when given, of the image otherwise); saturation blends with the grey image; hue
-    rotates the chroma plane of YIQ by ``hue``·2π (a linear stand-in for the HSV hue
-    shift). Saturation and hue do nothing on grey images. Output clamped to [0,1] by
-    :func:`~robustad.methods.box.clamp_box`, which keeps the gradient at the bounds.
-    """
-    v = lambda t: t.view(-1, 1, 1, 1).to(x.dtype)  # noqa: E731
-    x = clamp_box(x * v(brightness))
-    g = grey(x)
-    if region is None:
-        mean = g.mean(dim=(1, 2, 3), keepdim=True)
-    else:
-        mean = (g * region).sum(dim=(1, 2, 3), keepdim=True) / region.sum(dim=(1, 2, 3), keepdim=True).clamp(
-            min=1
-        )
-    x = clamp_box(mean + v(contrast) * (x - mean))
-    if region is not None:
-        x = x * region
-    if x.shape[1] == 3:
-        g = grey(x)
-        x = clamp_box(g + v(saturation) * (x - g))
-        x = hue_rotate(x, hue)
-        if region is not None:
-            x = x * region
-    return x
-
-
-def hue_rotate(x: Tensor, hue: Tensor) -> Tensor:
-    """Rotate the chroma of RGB images (N,3,H,W) by ``hue`` (N,) turns in YIQ space."""
-    to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        dtype=x.dtype,
-        device=x.device,
-    )
-    from_yiq = torch.linalg.inv(to_yiq)
-    a = hue.to(x.dtype).to(x.device) * 2 * math.pi
-    cos, sin = torch.cos(a), torch.sin(a)
-    rot = torch.zeros(len(a), 3, 3, dtype=x.dtype, device=x.device)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
-    rot[:, 2, 1], rot[:, 2, 2] = sin, cos
-    m = from_yiq @ rot @ to_yiq  # (N,3,3)
-    return clamp_box(torch.einsum("nij,njhw->nihw", m, x))
 
 
 def cutout(x: Tensor, generator: torch.Generator | None = None, shared: bool = False) -> Tensor:
