@@ -341,6 +341,13 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_pgd.py::test_budget_check_refuses_points_outside_the_ball_or_the_box",),
         "an attack that leaves the ε-ball or the box is stored as a result",
     ),
+    Mutant(
+        "download-without-flag",
+        (("robustad/datasets/base.py", "    if found is None and download:\n",
+          "    if found is None:  # mutant\n"),),  # fmt: skip
+        ("tests/test_datasets_arrays.py::test_download_fetches_only_when_asked_and_names_a_failure",),
+        "a missing dataset is fetched from the network without --download",
+    ),
 )
 
 CANARY = Mutant(

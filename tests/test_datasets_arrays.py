@@ -71,6 +71,33 @@ def test_mnist_missing_names_folder_and_download_flag(tmp_path, capsys):
     )
 
 
+def test_download_fetches_only_when_asked_and_names_a_failure(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    class FakeMNIST:  # torchvision's downloader, writing the files where torchvision would
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            fx.write_mnist(Path(root), per_class=(2, 1))
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    with pytest.raises(UserError, match="MNIST not found"):
+        load_dataset("mnist", 0, str(tmp_path), download=False)
+    assert calls == []  # nothing is fetched without --download
+    data = load_dataset("mnist", 0, str(tmp_path), download=True)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert data.train_x.shape == (2, 1, 28, 28) and data.info["source"] == str(tmp_path / "MNIST" / "raw")
+
+    class Offline:
+        def __init__(self, root, **kwargs):
+            raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "SVHN", Offline)
+    with pytest.raises(UserError, match=r"downloading SVHN into .* failed \(network unreachable\)"):
+        load_dataset("svhn", 0, str(tmp_path / "empty"), download=True)
+
+
 def test_mnist_truncated_file_is_named(tmp_path):
     d = fx.write_mnist(tmp_path, per_class=(2, 1))
     f = d / "t10k-images-idx3-ubyte.gz"

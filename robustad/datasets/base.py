@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from robustad.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -150,6 +154,33 @@ def first_root_with(data_root: str | None, subdirs: tuple[str, ...], *folders: s
         if all((d / f).is_dir() for f in folders):
             return d
     return None
+
+
+def find_or_fetch(find: Callable[[], T | None], fetch: Callable[[], object], download: bool,
+                  not_found: Callable[[], str]) -> T:  # fmt: skip
+    """The array datasets' first step: what ``find()`` finds; if nothing and ``download``,
+    ``fetch()`` first and look again; if still nothing, a UserError saying ``not_found()``
+    (the folders searched and the fix). Nothing is fetched without ``download``."""
+    found = find()
+    if found is None and download:
+        fetch()
+        found = find()
+    if found is None:
+        raise UserError(not_found())
+    return found
+
+
+def torchvision_download(name: str, root: Path, dataset_class: Callable, *splits: dict) -> None:
+    """``dataset_class(root, download=True, **split)`` for each split (torchvision's
+    downloaders); any failure (network errors come in many types) is one UserError
+    naming the dataset and the folder."""
+    try:
+        for split in splits:
+            dataset_class(str(root), download=True, **split)
+    except Exception as exc:
+        raise UserError(
+            f"downloading {name} into {root} failed ({exc}); check the network or copy the files there"
+        ) from exc
 
 
 def class_index(name: str, normal_class: int | str, class_names: list[str]) -> int:

@@ -24,9 +24,11 @@ from robustad.datasets.base import (
     OneClassData,
     check_class,
     file_signature,
+    find_or_fetch,
     looked_in,
     one_class_split,
     search_dirs,
+    torchvision_download,
 )
 from robustad.errors import UserError
 from robustad.registry import register_dataset
@@ -142,10 +144,7 @@ def _fetch(data_root: str | None, cls_name: str) -> None:
     import torchvision
 
     root = search_dirs(data_root, ("",))[0]
-    try:
-        getattr(torchvision.datasets, cls_name)(str(root), train=True, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise UserError(f"downloading {cls_name} into {root} failed ({exc}); check the network") from exc
+    torchvision_download(cls_name, root, getattr(torchvision.datasets, cls_name), {"train": True})
 
 
 def _load(
@@ -153,16 +152,13 @@ def _load(
     num_classes, class_names, tv_name,
 ) -> OneClassData:  # fmt: skip
     check_class(name, normal_class, num_classes)
-    found = _find(data_root, folder, train_names + test_names)
-    if found is None and download:
-        _fetch(data_root, tv_name)
-        found = _find(data_root, folder, train_names + test_names)
-    if found is None:
-        dirs = [d / folder for d in search_dirs(data_root, ("", "cifar"))]
-        raise UserError(
-            f"{tv_name} not found: looked in {looked_in(dirs)} for {', '.join(train_names + test_names)}; "
-            "pass --data-root (torchvision's layout) or add --download"
-        )
+    dirs = [d / folder for d in search_dirs(data_root, ("", "cifar"))]
+    names = train_names + test_names
+    found = find_or_fetch(
+        lambda: _find(data_root, folder, names), lambda: _fetch(data_root, tv_name), download,
+        lambda: f"{tv_name} not found: looked in {looked_in(dirs)} for {', '.join(names)}; "
+        "pass --data-root (torchvision's layout) or add --download",
+    )  # fmt: skip
     tr_x, tr_y = _read_split(file_signature([found / n for n in train_names]), label_key, num_classes)
     te_x, te_y = _read_split(file_signature([found / n for n in test_names]), label_key, num_classes)
     data = one_class_split(name, normal_class, tr_x, tr_y, te_x, te_y, class_names)

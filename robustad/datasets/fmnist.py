@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from robustad.datasets.base import DEFAULT_DATA_ROOT, OneClassData, check_class, one_class_split
+from robustad.datasets.base import (
+    DEFAULT_DATA_ROOT,
+    OneClassData,
+    check_class,
+    find_or_fetch,
+    looked_in,
+    one_class_split,
+    torchvision_download,
+)
 from robustad.datasets.idx import read_idx
 from robustad.errors import UserError
 from robustad.registry import register_dataset
@@ -53,11 +61,8 @@ def _download(data_root: str | None) -> Path:
     import torchvision
 
     root = Path(data_root).expanduser() if data_root else DEFAULT_DATA_ROOT
-    try:
-        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise UserError(f"downloading Fashion-MNIST into {root} failed ({exc})") from exc
+    fashion = torchvision.datasets.FashionMNIST
+    torchvision_download("Fashion-MNIST", root, fashion, {"train": True}, {"train": False})
     return root / "FashionMNIST" / "raw"
 
 
@@ -75,8 +80,7 @@ def locate_fmnist(data_root: str | None) -> tuple[bool, str]:
     folder = find_files(data_root)
     if folder is not None:
         return True, str(folder)
-    looked = ", ".join(str(d) for d in candidate_dirs(data_root))
-    return False, f"looked in {looked} (--download fetches it)"
+    return False, f"looked in {looked_in(candidate_dirs(data_root))} (--download fetches it)"
 
 
 @register_dataset(
@@ -90,15 +94,12 @@ def locate_fmnist(data_root: str | None) -> tuple[bool, str]:
 )
 def load_fmnist(normal_class: int = 0, data_root: str | None = None, download: bool = False) -> OneClassData:
     check_class("fmnist", normal_class, 10)
-    folder = find_files(data_root)
-    if folder is None and download:
-        folder = _download(data_root)
-    if folder is None:
-        looked = ", ".join(str(d) for d in candidate_dirs(data_root))
-        raise UserError(
-            f"Fashion-MNIST not found: looked in {looked} for {', '.join(FILES)}; install "
-            "the Debian package dataset-fashion-mnist, pass --data-root, or add --download"
-        )
+    folder = find_or_fetch(
+        lambda: find_files(data_root), lambda: _download(data_root), download,
+        lambda: f"Fashion-MNIST not found: looked in {looked_in(candidate_dirs(data_root))} for "
+        f"{', '.join(FILES)}; install the Debian package dataset-fashion-mnist, pass --data-root, "
+        "or add --download",
+    )  # fmt: skip
     tr_x, tr_y, te_x, te_y = _read_all(str(folder))
     data = one_class_split("fmnist", normal_class, tr_x, tr_y, te_x, te_y, CLASS_NAMES)
     data.info["source"] = str(folder)

@@ -17,9 +17,11 @@ from robustad.datasets.base import (
     OneClassData,
     check_class,
     file_signature,
+    find_or_fetch,
     looked_in,
     one_class_split,
     search_dirs,
+    torchvision_download,
 )
 from robustad.datasets.idx import read_idx
 from robustad.errors import UserError
@@ -50,16 +52,10 @@ def find_files(data_root: str | None) -> list[Path] | None:
 
 
 def fetch(data_root: str | None) -> None:
-    import torchvision
+    from torchvision.datasets import MNIST
 
     root = search_dirs(data_root, ("",))[0]
-    try:
-        for train in (True, False):
-            torchvision.datasets.MNIST(str(root), train=train, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise UserError(
-            f"downloading MNIST into {root} failed ({exc}); check the network or copy the files"
-        ) from exc
+    torchvision_download("MNIST", root, MNIST, {"train": True}, {"train": False})
 
 
 def read_all(files: list[Path]) -> tuple[np.ndarray, ...]:
@@ -105,15 +101,11 @@ def locate_mnist(data_root: str | None) -> tuple[bool, str]:
 def load_mnist(normal_class: int = 0, data_root: str | None = None, download: bool = False) -> OneClassData:
     """One digit as normal class; images (N,1,28,28) float32 in [0,1]."""
     check_class("mnist", normal_class, 10)
-    files = find_files(data_root)
-    if files is None and download:
-        fetch(data_root)
-        files = find_files(data_root)
-    if files is None:
-        raise UserError(
-            f"MNIST not found: looked in {looked_in(search_dirs(data_root, SUBDIRS))} for "
-            f"{', '.join(s + '[.gz]' for s in STEMS)}; pass --data-root or add --download"
-        )
+    files = find_or_fetch(
+        lambda: find_files(data_root), lambda: fetch(data_root), download,
+        lambda: f"MNIST not found: looked in {looked_in(search_dirs(data_root, SUBDIRS))} for "
+        f"{', '.join(s + '[.gz]' for s in STEMS)}; pass --data-root or add --download",
+    )  # fmt: skip
     tr_x, tr_y, te_x, te_y = read_all(files)
     data = one_class_split("mnist", normal_class, tr_x, tr_y, te_x, te_y, CLASS_NAMES)
     data.info["source"] = str(files[0].parent)

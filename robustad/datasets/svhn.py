@@ -18,9 +18,11 @@ from robustad.datasets.base import (
     OneClassData,
     check_class,
     file_signature,
+    find_or_fetch,
     looked_in,
     one_class_split,
     search_dirs,
+    torchvision_download,
 )
 from robustad.errors import UserError
 from robustad.registry import register_dataset
@@ -66,11 +68,7 @@ def _fetch(data_root: str | None) -> None:
     import torchvision
 
     root = search_dirs(data_root, ("",))[0]
-    try:
-        for split in ("train", "test"):
-            torchvision.datasets.SVHN(str(root), split=split, download=True)
-    except Exception as exc:  # network errors come in many types
-        raise UserError(f"downloading SVHN into {root} failed ({exc}); check the network") from exc
+    torchvision_download("SVHN", root, torchvision.datasets.SVHN, {"split": "train"}, {"split": "test"})
 
 
 def locate_svhn(data_root: str | None) -> tuple[bool, str]:
@@ -92,15 +90,11 @@ def locate_svhn(data_root: str | None) -> tuple[bool, str]:
 def load_svhn(normal_class: int = 0, data_root: str | None = None, download: bool = False) -> OneClassData:
     """One SVHN digit as normal class; images (N,3,32,32) float32 in [0,1]."""
     check_class("svhn", normal_class, 10)
-    d = find_dir(data_root)
-    if d is None and download:
-        _fetch(data_root)
-        d = find_dir(data_root)
-    if d is None:
-        raise UserError(
-            f"SVHN not found: looked in {looked_in(search_dirs(data_root, SUBDIRS))} for "
-            f"{', '.join(FILES)}; pass --data-root (torchvision's layout) or add --download"
-        )
+    d = find_or_fetch(
+        lambda: find_dir(data_root), lambda: _fetch(data_root), download,
+        lambda: f"SVHN not found: looked in {looked_in(search_dirs(data_root, SUBDIRS))} for "
+        f"{', '.join(FILES)}; pass --data-root (torchvision's layout) or add --download",
+    )  # fmt: skip
     tr_x, tr_y, te_x, te_y = _read_all(file_signature([d / f for f in FILES]))
     data = one_class_split("svhn", normal_class, tr_x, tr_y, te_x, te_y, CLASS_NAMES)
     data.info["source"] = str(d)
