@@ -17,6 +17,7 @@ from robustad.datasets.base import (
     DEFAULT_DATA_ROOT,
     OneClassData,
     check_class,
+    file_signature,
     find_or_fetch,
     looked_in,
     one_class_split,
@@ -67,9 +68,11 @@ def _download(data_root: str | None) -> Path:
 
 
 @lru_cache(maxsize=2)
-def _read_all(folder: str) -> tuple[np.ndarray, ...]:
-    d = Path(folder)
-    arrays = tuple(read_idx(d / f) for f in FILES)
+def _read_all(signature: tuple) -> tuple[np.ndarray, ...]:
+    """The four arrays, cached per file version (path, size, mtime: a replaced file is read again)."""
+    files = [Path(entry[0]) for entry in signature]
+    d = files[0].parent
+    arrays = tuple(read_idx(f) for f in files)
     tr_x, tr_y, te_x, te_y = arrays
     if len(tr_x) != len(tr_y) or len(te_x) != len(te_y) or tr_x.shape[1:] != (28, 28):
         raise UserError(f"the Fashion-MNIST files in {d} do not match each other; fetch them again")
@@ -100,7 +103,7 @@ def load_fmnist(normal_class: int = 0, data_root: str | None = None, download: b
         f"{', '.join(FILES)}; install the Debian package dataset-fashion-mnist, pass --data-root, "
         "or add --download",
     )  # fmt: skip
-    tr_x, tr_y, te_x, te_y = _read_all(str(folder))
+    tr_x, tr_y, te_x, te_y = _read_all(file_signature([folder / f for f in FILES]))
     data = one_class_split("fmnist", normal_class, tr_x, tr_y, te_x, te_y, CLASS_NAMES)
     data.info["source"] = str(folder)
     return data
