@@ -145,3 +145,6 @@ def test_random_weights_are_recorded_and_flagged_in_every_cell(tmp_path, torch_h
     svdd_line = next(line for line in md.splitlines() if line.startswith("| deepsvdd"))
     assert zarnd_line.count("[random weights]") == 2  # clean and fgsm
     assert "random weights" not in svdd_line
+    # its own legend; the reliability flags' legend only where a reliability flag was raised
+    assert "[random weights]: a method published with a pretrained backbone" in md
+    assert "[flags] raised" not in md  # no reliability flag was raised on these runs

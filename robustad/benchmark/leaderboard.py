@@ -381,6 +381,8 @@ def build_table(
             f"[lo, hi] = the {100 * level:g}% percentile bootstrap interval of the mean over the test "
             f"samples ({n_boot} stratified resamples of every run); ± = the standard deviation over seeds."
         )
+    if any(flags.values()):  # the reliability flags' legend, only where one was raised
+        table.notes.append(FLAG_NOTE)
     # a pretrained method run on random weights is not the published method: every cell says so
     random_rows = {(ids.row[k], ids.dataset[k]) for k, f in fits.items()
                    if (f.get("info") or {}).get("pretrained") is False}  # fmt: skip
@@ -388,8 +390,6 @@ def build_table(
         for d, c in table.columns:
             if d == dataset:
                 flags.setdefault((row, d, c), set()).add(RANDOM_WEIGHTS)
-    if flags:
-        table.notes.append(FLAG_NOTE)
     if random_rows:
         table.notes.append(RANDOM_WEIGHTS_NOTE)
     for key, (n, total) in table.incomplete.items():
