@@ -32,13 +32,15 @@ SETTINGS = (
 
 
 def model_name(fit: dict) -> str:
-    """The method's name, with λ_opp when a COBRA run sets it away from the paper's 1."""
+    """The method's name, with λ_opp when a COBRA run sets it away from the paper's 1,
+    and ``[random weights]`` for a pretrained method run on a random backbone."""
     w = fit["config"]["params"].get("opposite_weight")
-    return (
-        f"{fit['method']} (λ_opp={w:g})"
-        if fit["method"] == "cobra" and w not in (None, 1.0)
-        else fit["method"]
-    )
+    name = fit["method"]
+    if name == "cobra" and w not in (None, 1.0):
+        name += f" (λ_opp={w:g})"
+    if (fit.get("info") or {}).get("pretrained") is False:
+        name += " [random weights]"
+    return name
 
 
 def comparison(stores: list[Store], dataset: str = "fmnist", attacks: tuple[str, ...] = ("pgd",)) -> str:
