@@ -67,10 +67,6 @@ def _sample_seed(seed: int, data: bytes) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-#: where random starts come from: per sample (evaluation) or one stream (training)
-RandomSource = torch.Generator | SampleRNG | None
-
-
 def objective_and_grad(score_fn: ScoreFn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """``d·s(x)`` (N,) and its gradient w.r.t. x, gradients to the input only."""
     x = x.detach().requires_grad_(True)
