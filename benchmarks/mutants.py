@@ -348,6 +348,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_datasets_arrays.py::test_download_fetches_only_when_asked_and_names_a_failure",),
         "a missing dataset is fetched from the network without --download",
     ),
+    Mutant(
+        "merge-pairs-other-training",
+        (("robustad/benchmark/driver.py",
+          '        if model_clean is not None and not _equal(model_clean, (samples or {}).get("clean")):\n',
+          "        if False:  # mutant\n"),),  # fmt: skip
+        ("tests/test_cli.py::test_merge_never_pairs_a_model_with_attacks_on_another_training",),
+        "bench merge stores attacks on one training beside another training's model",
+    ),
 )
 
 CANARY = Mutant(

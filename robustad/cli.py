@@ -1,4 +1,4 @@
-"""The ``bench`` command: run, leaderboard, plot, report, list.
+"""The ``bench`` command: run, leaderboard, plot, report, merge, list.
 
 User errors (unknown names, missing files, impossible ε or attack parameters, an
 unknown device, ``--out`` naming a file, a locked store, ...) print one sentence and
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--attack-mode", dest="attack_mode", default="both",
                     choices=["both", "normal", "anomaly"])  # fmt: skip
     _add_out(rp)
+
+    mg = sub.add_parser("merge", help="copy the finished jobs of other results folders into --out")
+    mg.add_argument("sources", nargs="+", help="results folders (or their bench.sqlite) to copy from")
+    _add_out(mg)
 
     ls = sub.add_parser("list", help="list registered methods, attacks or datasets")
     ls.add_argument("what", choices=["methods", "attacks", "datasets"])
@@ -169,6 +173,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from robustad.benchmark.driver import merge_results
+
+    c = merge_results(args.sources, args.out)
+    print(f"merged into {Path(args.out) / 'bench.sqlite'}: {c['copied']} jobs copied, "
+          f"{c['already']} already there (kept), {c['conflicts']} conflicting (not copied: "
+          f"the same fit id trained to other clean scores), {c['no_checkpoint']} fits without "
+          "a checkpoint (their results are kept; more attacks on them need a refit)")  # fmt: skip
+    print(f"bench leaderboard --out {args.out} writes its leaderboard")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from robustad.registry import ATTACKS, DATASETS, METHODS, load_plugin
 
@@ -197,7 +213,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
-            "list": cmd_list}  # fmt: skip
+            "merge": cmd_merge, "list": cmd_list}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -312,3 +312,55 @@ def test_test_subset_is_a_dataset_parameter_of_every_dataset(tmp_path, capsys):
     cfg_file.write_text("dataset_params:\n  digits: {test_subset: 1}\n")
     assert main([*args, "--config", str(cfg_file)]) == 2
     assert "test_subset must be an integer of at least 2" in capsys.readouterr().err
+
+
+def test_merge_of_runs_split_by_class_equals_one_run(tmp_path, tiny, capsys):
+    for name, cls in (("a", "0"), ("b", "1")):  # the last --classes wins
+        assert main([*tiny, "--classes", cls, "--out", str(tmp_path / name)]) == 0
+    assert main([*tiny, "--out", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
+
+    merged = tmp_path / "merged"
+    sources = [str(tmp_path / "a"), str(tmp_path / "b" / "bench.sqlite")]  # a folder or its store
+    assert main(["merge", *sources, "--out", str(merged)]) == 0
+    assert f"{N_JOBS} jobs copied, 0 already there" in capsys.readouterr().out
+    for fit in (tmp_path / "a" / "checkpoints").glob("*.pt"):
+        assert (merged / "checkpoints" / fit.name).read_bytes() == fit.read_bytes()
+    # the merged folder is the whole run: nothing left to do, the same leaderboard
+    assert main([*tiny, "--out", str(merged)]) == 0
+    assert f"jobs: 0 run, {N_JOBS} already in the store" in capsys.readouterr().out
+    assert (merged / "leaderboard.csv").read_text() == (tmp_path / "whole" / "leaderboard.csv").read_text()
+    # merging again copies nothing and keeps every row as it was
+    rows = _rows(merged)
+    assert main(["merge", str(tmp_path / "a"), "--out", str(merged)]) == 0
+    assert "0 jobs copied, 4 already there (kept), 0 conflicting" in capsys.readouterr().out
+    assert _rows(merged) == rows
+
+
+def test_merge_never_pairs_a_model_with_attacks_on_another_training(tmp_path, tiny, capsys):
+    a = tmp_path / "a"
+    assert main([*tiny, "--classes", "0", "--out", str(a)]) == 0
+    # the same fit id trained again to other clean scores (as another thread count can)
+    other = tmp_path / "other"
+    other.mkdir()
+    with Store(a / "bench.sqlite") as src, Store(other / "bench.sqlite") as dst:
+        (fit,) = src.jobs(kind="fit")
+        s = src.samples(fit["job_id"])
+        dst.put(fit, labels=s["labels"], clean=s["clean"] + 1.0)
+    target = tmp_path / "t"
+    assert main(["merge", str(other), "--out", str(target)]) == 0
+    capsys.readouterr()
+    assert main(["merge", str(a), "--out", str(target)]) == 0
+    assert "0 jobs copied, 0 already there (kept), 4 conflicting" in capsys.readouterr().out
+    with Store(target / "bench.sqlite") as store:
+        assert store.count(kind="eval") == 0
+        assert np.array_equal(store.samples(fit["job_id"])["clean"], s["clean"] + 1.0)
+
+
+def test_merge_of_a_missing_folder_is_one_sentence(tmp_path, capsys):
+    assert main(["merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: no results store at") and err.count("\n") == 1
+    Store(tmp_path / "t" / "bench.sqlite").close()
+    assert main(["merge", str(tmp_path / "t"), "--out", str(tmp_path / "t")]) == 2
+    assert "is the target of the merge" in capsys.readouterr().err

@@ -10,6 +10,8 @@ local  one job after another in this process (the default);
 ray    one Ray task per fit and per eval job (``robustad.benchmark.ray_executor``).
 
 Both use the same job ids and skip rules, so a run started on one resumes on the other.
+``merge_results`` (``bench merge``) copies the finished jobs of other results folders
+into one, e.g. runs split by class over machines without a shared Ray cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from robustad.attacks.reliability import cross_job_flags
 from robustad.benchmark import runner
@@ -193,6 +197,87 @@ def load_finished_fit(fit: FitJob, ckpt: Path, store: Store, device: str) -> Det
 
 
 _load_finished_fit = load_finished_fit  # the name before the split
+
+
+# -- merging results folders ---------------------------------------------------------------
+def merge_results(sources: list[str | Path], out: str | Path) -> dict[str, int]:
+    """Copy every finished job of the ``sources`` (results folders or their
+    ``bench.sqlite``) into ``<out>``, with the checkpoints of the fits; returns counts.
+
+    Job ids are hashes of everything that defines a job, so a job finished in two
+    folders is the same job: the one in ``out`` is kept. A model is only combined
+    with attacks run on that very model: an eval job is copied when its clean scores
+    equal those of the fit row ``out`` holds for it (or ``out`` has none). A fit done
+    in both folders with different clean scores (a training that is not bit-for-bit
+    reproducible, e.g. another thread count) is a conflict: neither it nor its
+    attacks are copied. Failed rows are not copied. The cross-job flags of every model
+    that received attacks are recomputed.
+    """
+    out = Path(out)
+    target = out / "bench.sqlite"
+    paths = []
+    for source in sources:
+        path = Path(source)
+        path = path / "bench.sqlite" if path.is_dir() or not path.suffix else path
+        if not path.is_file():
+            raise UserError(f"no results store at {path}; give a folder written by bench run")
+        if target.exists() and path.resolve() == target.resolve():
+            raise UserError(f"{path} is the target of the merge (--out {out}); give other folders")
+        paths.append(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the results")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    counts = {"copied": 0, "already": 0, "conflicts": 0, "no_checkpoint": 0}
+    touched: set[str] = set()
+    with Store(target) as dst:
+        dst.check_writable()
+        for path in paths:
+            with Store(path) as src:
+                _merge_one(src, path.parent / "checkpoints", dst, out / "checkpoints", counts, touched)
+        for fit_id in sorted(touched):
+            store_cross_job_flags(dst, fit_id)
+    return counts
+
+
+def _merge_one(src: Store, src_ckpts: Path, dst: Store, dst_ckpts: Path, counts: dict, touched: set) -> None:
+    def fit_clean(store: Store, fit_id: str):
+        return (store.samples(fit_id) or {}).get("clean") if store.is_done(fit_id) else None
+
+    for fit in src.jobs(kind="fit", status="done"):
+        fid, samples = fit["job_id"], src.samples(fit["job_id"])
+        ckpt, dst_ckpt = src_ckpts / f"{fid}.pt", dst_ckpts / f"{fid}.pt"
+        if dst.is_done(fid):
+            same = _equal(fit_clean(dst, fid), (samples or {}).get("clean"))
+            counts["already" if same else "conflicts"] += 1
+            if same and ckpt.is_file() and not dst_ckpt.is_file():
+                write_atomic(dst_ckpt, ckpt.read_bytes())
+            continue
+        if ckpt.is_file():  # checkpoint first, as for a run: a fit row has its checkpoint
+            write_atomic(dst_ckpt, ckpt.read_bytes())
+        else:
+            counts["no_checkpoint"] += 1
+        dst.put(fit, **_sample_args(samples), maps=src.maps(fid))
+        counts["copied"] += 1
+    for ev in src.jobs(kind="eval", status="done"):
+        if dst.is_done(ev["job_id"]):
+            counts["already"] += 1
+            continue
+        samples = src.samples(ev["job_id"])
+        model_clean = fit_clean(dst, ev["fit_id"])
+        if model_clean is not None and not _equal(model_clean, (samples or {}).get("clean")):
+            counts["conflicts"] += 1  # an attack on another training of this fit id
+            continue
+        dst.put(ev, **_sample_args(samples), maps=src.maps(ev["job_id"]))
+        counts["copied"] += 1
+        touched.add(ev["fit_id"])
+
+
+def _sample_args(samples: dict | None) -> dict:
+    return dict(samples) if samples else {}
+
+
+def _equal(a, b) -> bool:
+    return a is not None and b is not None and np.array_equal(a, b)
 
 
 # -- the local executor ------------------------------------------------------------------
