@@ -256,24 +256,23 @@ def _merge_one(src: Store, src_ckpts: Path, dst: Store, dst_ckpts: Path, counts:
             write_atomic(dst_ckpt, ckpt.read_bytes())
         else:
             counts["no_checkpoint"] += 1
-        dst.put(fit, **_sample_args(samples), maps=src.maps(fid))
+        dst.put(fit, **(samples or {}), maps=src.maps(fid))
         counts["copied"] += 1
+    model_cleans: dict[str, Any] = {}
     for ev in src.jobs(kind="eval", status="done"):
         if dst.is_done(ev["job_id"]):
             counts["already"] += 1
             continue
         samples = src.samples(ev["job_id"])
-        model_clean = fit_clean(dst, ev["fit_id"])
+        if ev["fit_id"] not in model_cleans:  # read each model's clean scores once
+            model_cleans[ev["fit_id"]] = fit_clean(dst, ev["fit_id"])
+        model_clean = model_cleans[ev["fit_id"]]
         if model_clean is not None and not _equal(model_clean, (samples or {}).get("clean")):
             counts["conflicts"] += 1  # an attack on another training of this fit id
             continue
-        dst.put(ev, **_sample_args(samples), maps=src.maps(ev["job_id"]))
+        dst.put(ev, **(samples or {}), maps=src.maps(ev["job_id"]))
         counts["copied"] += 1
         touched.add(ev["fit_id"])
-
-
-def _sample_args(samples: dict | None) -> dict:
-    return dict(samples) if samples else {}
 
 
 def _equal(a, b) -> bool:
