@@ -289,10 +289,19 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "knn-sqrt-without-floor",
-        (("robustad/methods/knn.py", "        best_d = best_d.clamp_min(SQRT_FLOOR).sqrt()\n",
-          "        best_d = best_d.sqrt()  # mutant\n"),),  # fmt: skip
+        (("robustad/methods/knn.py",
+          "    return (d2 if squared else d2.clamp_min(SQRT_FLOOR).sqrt()), index\n",
+          "    return (d2 if squared else d2.sqrt()), index  # mutant\n"),),  # fmt: skip
         ("tests/test_knn.py::test_knn_gradient_is_finite_at_zero_distance_and_matches_finite_differences",),
         "the square root at zero distance (a query equal to a bank entry) gives an infinite gradient",
+    ),
+    Mutant(
+        "knn-selection-without-gradient",
+        (("robustad/methods/knn.py", "        d2 = d2 + (selected - selected.detach())",
+          "        d2 = d2 + 0 * (selected - selected.detach())  # mutant"),),  # fmt: skip
+        ("tests/test_knn.py::test_knn_gradient_is_finite_at_zero_distance_and_matches_finite_differences",),
+        "the k-NN search runs without autograd and the selected distances do not carry the "
+        "gradient back: every bank-based score looks flat to the attacks",
     ),
     Mutant(
         "coreset-argmin",

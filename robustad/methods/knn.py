@@ -48,9 +48,27 @@ def knn_distances(
     Exact (no approximate index); the bank is processed in chunks of ``chunk`` rows
     with a running top-k, so memory is O(n · (chunk + k)). Gradients flow to the
     queries (and the bank) through the selected distances.
+
+    With autograd on, the search runs under ``no_grad`` and only the ``k`` selected
+    squared distances are recomputed with autograd (values unchanged): the gradient
+    of a top-k reaches only the selected entries anyway, and backpropagating through
+    the dense (n, bank) matrix cost as much as the search itself (about 2× faster
+    PatchCore attacks, ``benchmarks/knn_speed.py``).
     """
     if k > len(bank):
         raise ValueError(f"k = {k} neighbours requested from a bank of {len(bank)} rows")
+    if torch.is_grad_enabled() and (queries.requires_grad or bank.requires_grad):
+        with torch.no_grad():
+            d2, index = _nearest_squared(queries, bank, k, chunk)
+        selected = distances_to(queries, bank, index, squared=True)
+        d2 = d2 + (selected - selected.detach())  # the search's values, the selection's gradient
+    else:
+        d2, index = _nearest_squared(queries, bank, k, chunk)
+    return (d2 if squared else d2.clamp_min(SQRT_FLOOR).sqrt()), index
+
+
+def _nearest_squared(queries: Tensor, bank: Tensor, k: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """The exact search: squared distances to the k nearest rows, by chunks of the bank."""
     best_d: Tensor | None = None
     best_i: Tensor | None = None
     for start in range(0, len(bank), chunk):
@@ -63,8 +81,6 @@ def knn_distances(
             i = torch.gather(torch.cat([best_i, i], 1), 1, j)
         best_d, best_i = d, i
     assert best_d is not None and best_i is not None
-    if not squared:
-        best_d = best_d.clamp_min(SQRT_FLOOR).sqrt()
     return best_d, best_i
 
 
