@@ -57,13 +57,11 @@ def knn_distances(
     """
     if k > len(bank):
         raise ValueError(f"k = {k} neighbours requested from a bank of {len(bank)} rows")
+    with torch.no_grad():
+        d2, index = _nearest_squared(queries, bank, k, chunk)
     if torch.is_grad_enabled() and (queries.requires_grad or bank.requires_grad):
-        with torch.no_grad():
-            d2, index = _nearest_squared(queries, bank, k, chunk)
         selected = distances_to(queries, bank, index, squared=True)
         d2 = d2 + (selected - selected.detach())  # the search's values, the selection's gradient
-    else:
-        d2, index = _nearest_squared(queries, bank, k, chunk)
     return (d2 if squared else d2.clamp_min(SQRT_FLOOR).sqrt()), index
 
 
